@@ -1,0 +1,1 @@
+"""souverix-crdt: replicated fleet state for a federation of Souverix control planes."""

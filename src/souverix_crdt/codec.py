@@ -1,0 +1,159 @@
+"""msgpack with limits: the only place in the library that decodes untrusted bytes.
+
+Decoding enforces, before anything is allocated for it, a total size limit and per-container
+length limits (msgpack checks a length header against ``max_*_len`` before reserving memory),
+then walks the result once to enforce the nesting depth, ``str``-only map keys and the absence of
+extension types (msgpack's built-in timestamp extension included). Trailing bytes after the first
+object are an error. Every failure, whatever the bytes, is a
+:class:`~souverix_crdt.errors.DecodeError`; nothing else escapes.
+
+Encoding is canonical for the values the library signs: maps are written with their keys
+sorted, ``bytes`` as msgpack bin, ``str`` as msgpack str.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+import msgpack
+
+from .errors import DecodeError
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "decode", "encode", "encode_canonical"]
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds applied while decoding untrusted bytes.
+
+    Attributes:
+        max_size: Total input size in bytes.
+        max_depth: Maximum container nesting (a scalar at top level has depth 0).
+        max_str_len: Longest ``str`` in bytes.
+        max_bin_len: Longest ``bytes``.
+        max_array_len: Most items in one array.
+        max_map_len: Most pairs in one map.
+    """
+
+    max_size: int = 64 * 1024 * 1024
+    max_depth: int = 32
+    max_str_len: int = 1024 * 1024
+    max_bin_len: int = 64 * 1024 * 1024
+    max_array_len: int = 1_000_000
+    max_map_len: int = 100_000
+
+
+#: Limits used when a caller gives none.
+DEFAULT_LIMITS: Final = Limits()
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"extension type {code} is not allowed", reason="ext")
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    # A map with a repeated key has two readings; refuse it rather than pick one silently.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise DecodeError("map has a repeated key", reason="duplicate-key")
+    return result
+
+
+def _check_structure(obj: Any, max_depth: int) -> None:
+    """Walk ``obj`` iteratively (no recursion): depth, key types, no foreign objects."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is list:
+            if depth >= max_depth:
+                raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
+            stack.extend((child, depth + 1) for child in item if type(child) in _CONTAINERS)
+        elif kind is dict:
+            if depth >= max_depth:
+                raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
+            for key, value in item.items():
+                if type(key) is not str:
+                    raise DecodeError(
+                        f"map keys must be str, got {type(key).__name__}", reason="map-key"
+                    )
+                if type(value) in _CONTAINERS:
+                    stack.append((value, depth + 1))
+        elif kind not in _SCALARS:
+            raise DecodeError(f"type {kind.__name__} is not allowed", reason="type")
+
+
+_CONTAINERS: Final = frozenset({list, dict})
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one msgpack object from untrusted bytes under ``limits``.
+
+    Returns plain Python data: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``,
+    ``list`` and ``dict`` with ``str`` keys.
+
+    Raises:
+        DecodeError: for anything else: oversize input, a container or string over its limit,
+            nesting too deep, a non-``str`` map key, a repeated map key, an extension type,
+            invalid UTF-8, truncated input or trailing bytes.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}", reason="type")
+    size = len(data)
+    if size > limits.max_size:
+        raise DecodeError(f"{size} bytes exceeds the {limits.max_size}-byte limit", reason="size")
+    if size == 0:
+        raise DecodeError("empty input", reason="truncated")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,  # checked in the walk, so the error names the key type
+            object_pairs_hook=_pairs,
+            ext_hook=_reject_ext,
+            timestamp=0,
+            # Every item takes at least one byte (a pair two), so no header may announce more
+            # than the input could hold: this caps what msgpack reserves up front.
+            max_str_len=min(limits.max_str_len, size),
+            max_bin_len=min(limits.max_bin_len, size),
+            max_array_len=min(limits.max_array_len, size),
+            max_map_len=min(limits.max_map_len, size // 2),
+            max_ext_len=0,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData as exc:
+        raise DecodeError("trailing bytes after the message", reason="trailing-bytes") from exc
+    except msgpack.StackError as exc:
+        raise DecodeError("nesting too deep", reason="depth") from exc
+    except (ValueError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+        # msgpack reports truncation, bad formats, over-limit lengths and bad UTF-8 as ValueError
+        # subclasses (UnicodeDecodeError, FormatError, OutOfData...).
+        raise DecodeError(f"malformed msgpack: {exc}", reason="malformed") from exc
+    _check_structure(obj, limits.max_depth)
+    return obj
+
+
+def encode(obj: Any) -> bytes:
+    """Encode plain data to msgpack (bin for ``bytes``, str for ``str``).
+
+    Raises:
+        TypeError: if ``obj`` holds a type msgpack cannot encode.
+    """
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _canonical(obj: Any) -> Any:
+    if type(obj) is dict:
+        return {key: _canonical(obj[key]) for key in sorted(obj)}
+    if type(obj) in (list, tuple):
+        return [_canonical(item) for item in obj]
+    return obj
+
+
+def encode_canonical(obj: Any) -> bytes:
+    """Encode with map keys sorted, so equal data always gives equal bytes (for signing)."""
+    return encode(_canonical(obj))

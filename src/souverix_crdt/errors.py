@@ -1,0 +1,305 @@
+"""The whole exception tree of souverix-crdt.
+
+Every error the library raises on purpose derives from :class:`SouverixError`. Each refines the
+builtin it is closest to (``DecodeError`` is also a ``ValueError``), so callers that only know the
+builtins still catch them. Errors carry their data as attributes (scope, writer, reason…) so that
+code can act on them without parsing messages. Foreign errors (``msgpack``, ``cryptography``,
+pycrdt's ``PanicException``) are always wrapped with ``raise … from exc``.
+
+The tree, in short::
+
+    SouverixError
+    ├── DecodeError                  untrusted bytes that do not decode under the limits
+    │   └── InvalidUpdateError       a pycrdt update that does not decode or apply
+    ├── InvalidScopeError            a scope path that is not canonical
+    ├── InvalidValueError            a key or value that cannot be stored
+    ├── ClockError
+    │   ├── ClockSkewError           a remote timestamp too far ahead of the local clock
+    │   └── ClockOverflowError       the logical counter reached its bound
+    ├── AuthorityError               an envelope or delegation that is refused
+    │   ├── SignatureError, UntrustedKeyError, ScopeViolationError, CapabilityViolationError,
+    │   ├── ExpiredError, NotYetValidError, RevokedError, RollbackError, EquivocationError,
+    │   ├── MalformedEnvelopeError, TooLargeError, UnsupportedVersionError, QuorumError
+    │   └── QuarantinedError         far-future envelope: kept aside, not applied, not forwarded
+    ├── StoreError                   durable storage failed; nothing was committed
+    │   ├── StoreBusyError, DiskFullError, CorruptStoreError, SchemaVersionError
+    ├── ProtocolError                a sync session rule was broken
+    │   ├── LocalProtocolError       by this side (API misuse)
+    │   └── RemoteProtocolError      by the peer
+    └── TransportError
+        ├── TransportClosedError     we closed it
+        ├── TransportBrokenError     the peer or the network broke it
+        └── FrameTooLargeError       refused before allocation
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthorityError",
+    "CapabilityViolationError",
+    "ClockError",
+    "ClockOverflowError",
+    "ClockSkewError",
+    "CorruptStoreError",
+    "DecodeError",
+    "DiskFullError",
+    "EquivocationError",
+    "ExpiredError",
+    "FrameTooLargeError",
+    "InvalidScopeError",
+    "InvalidUpdateError",
+    "InvalidValueError",
+    "LocalProtocolError",
+    "MalformedEnvelopeError",
+    "NotYetValidError",
+    "ProtocolError",
+    "QuarantinedError",
+    "QuorumError",
+    "RemoteProtocolError",
+    "RevokedError",
+    "RollbackError",
+    "SchemaVersionError",
+    "ScopeViolationError",
+    "SignatureError",
+    "SouverixError",
+    "StoreBusyError",
+    "StoreError",
+    "TooLargeError",
+    "TransportBrokenError",
+    "TransportClosedError",
+    "TransportError",
+    "UnsupportedVersionError",
+    "UntrustedKeyError",
+]
+
+
+class SouverixError(Exception):
+    """Root of every error souverix-crdt raises on purpose.
+
+    Attributes:
+        reason: A short, stable, machine-readable reason (``"depth"``, ``"trailing-bytes"``…).
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- decoding / values
+
+
+class DecodeError(SouverixError, ValueError):
+    """Untrusted bytes did not decode within the codec's limits and schema."""
+
+
+class InvalidUpdateError(DecodeError):
+    """A pycrdt update could not be decoded or applied; the document is unchanged.
+
+    Attributes:
+        scope: The scope path of the document, if known.
+        writer: The writer id of the document, if known.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str = "", scope: str = "", writer: str = ""
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.scope = scope
+        self.writer = writer
+
+
+class InvalidScopeError(SouverixError, ValueError):
+    """A scope path is not canonical; it is rejected, never normalised.
+
+    Attributes:
+        path: The offending input, as given.
+    """
+
+    def __init__(self, message: str, *, path: object, reason: str = "") -> None:
+        super().__init__(message, reason=reason)
+        self.path = path
+
+
+class InvalidValueError(SouverixError, ValueError):
+    """A key, collection or value cannot be stored in a register.
+
+    Attributes:
+        key: The offending key, if the key is the problem.
+    """
+
+    def __init__(self, message: str, *, reason: str = "", key: object = None) -> None:
+        super().__init__(message, reason=reason)
+        self.key = key
+
+
+# --------------------------------------------------------------------------- clock
+
+
+class ClockError(SouverixError):
+    """The hybrid logical clock refused an operation; it did not move."""
+
+
+class ClockSkewError(ClockError):
+    """A remote timestamp is further ahead of the local physical clock than ``max_offset``.
+
+    Attributes:
+        remote_wall: The remote wall time, in milliseconds.
+        local_wall: The local physical time when it was judged, in milliseconds.
+        max_offset: The configured bound, in milliseconds.
+    """
+
+    def __init__(self, *, remote_wall: int, local_wall: int, max_offset: int) -> None:
+        super().__init__(
+            f"remote timestamp {remote_wall} ms is {remote_wall - local_wall} ms ahead of the "
+            f"local clock; more than max_offset={max_offset} ms",
+            reason="clock-skew",
+        )
+        self.remote_wall = remote_wall
+        self.local_wall = local_wall
+        self.max_offset = max_offset
+
+
+class ClockOverflowError(ClockError):
+    """The logical counter is at its bound for this wall time; it never wraps."""
+
+
+# --------------------------------------------------------------------------- authority
+
+
+class AuthorityError(SouverixError):
+    """An envelope, delegation or revocation is refused.
+
+    Attributes:
+        scope: The scope the refused act was about, if known.
+        writer: The key id of the writer or issuer, if known.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str = "", scope: str = "", writer: str = ""
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.scope = scope
+        self.writer = writer
+
+
+class SignatureError(AuthorityError):
+    """A signature does not verify over the exact bytes received."""
+
+
+class UntrustedKeyError(AuthorityError):
+    """A key does not chain to a pinned root of the fleet."""
+
+
+class ScopeViolationError(AuthorityError):
+    """A key acted outside the scope subtree it was delegated."""
+
+
+class CapabilityViolationError(AuthorityError):
+    """A key used, or a delegation granted, a capability it does not hold."""
+
+
+class ExpiredError(AuthorityError):
+    """A delegation's validity window ended before the act's timestamp."""
+
+
+class NotYetValidError(AuthorityError):
+    """A delegation's validity window starts after the act's timestamp."""
+
+
+class RevokedError(AuthorityError):
+    """The key was revoked and the act lies past the revocation's causal cut."""
+
+
+class RollbackError(AuthorityError):
+    """A sequence number or timestamp went backwards for one writer."""
+
+
+class EquivocationError(AuthorityError):
+    """One writer signed two different envelopes with the same sequence number."""
+
+
+class MalformedEnvelopeError(AuthorityError, DecodeError):
+    """An envelope or delegation does not match its schema."""
+
+
+class TooLargeError(AuthorityError, DecodeError):
+    """An envelope, payload or chain exceeds a configured size limit."""
+
+
+class UnsupportedVersionError(AuthorityError):
+    """An unknown format version or algorithm."""
+
+
+class QuorumError(AuthorityError):
+    """A root-level act lacks the required number of distinct root signatures."""
+
+
+class QuarantinedError(AuthorityError):
+    """An envelope dated too far in the future was set aside: not applied, not forwarded."""
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class StoreError(SouverixError):
+    """Durable storage failed; the operation was not committed and no receipt was given."""
+
+
+class StoreBusyError(StoreError):
+    """The store stayed locked by another connection beyond the busy timeout."""
+
+
+class DiskFullError(StoreError):
+    """The disk is full; nothing was committed."""
+
+
+class CorruptStoreError(StoreError):
+    """The store failed its integrity check or holds data that does not decode."""
+
+
+class SchemaVersionError(StoreError):
+    """The store was written by an unknown schema version."""
+
+
+# --------------------------------------------------------------------------- sync protocol
+
+
+class ProtocolError(SouverixError):
+    """A sync session's rules were broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the session (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+# --------------------------------------------------------------------------- transports
+
+
+class TransportError(SouverixError, ConnectionError):
+    """A transport could not move a frame."""
+
+
+class TransportClosedError(TransportError):
+    """The transport was closed by this side."""
+
+
+class TransportBrokenError(TransportError):
+    """The peer or the network broke the transport."""
+
+
+class FrameTooLargeError(TransportError):
+    """A frame's length header exceeds the limit; refused before allocating it.
+
+    Attributes:
+        size: The announced size in bytes.
+        limit: The configured maximum.
+    """
+
+    def __init__(self, *, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit", reason="frame")
+        self.size = size
+        self.limit = limit
