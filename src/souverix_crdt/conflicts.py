@@ -1,0 +1,195 @@
+"""Conflict detection, the audit log and conflict notifications.
+
+Two registers of one key *conflict* when their writers differ and neither author had seen the
+other's register (:func:`~souverix_crdt.lww.concurrent`). The resolver does not choose anything
+of its own: the winner is the strategy's maximum, the same rule that picks the visible value.
+It records each conflicting pair once, as a :class:`ConflictRecord` naming winner, loser,
+strategy and reason.
+
+Why the log is identical on every replica: a pair is detected when the second of its two
+registers arrives, by comparing it with the other writers' retained registers for that key
+(:class:`RegisterChains`). Each writer's registers arrive in that writer's sequence order, so
+its chain for a key is the same list on every replica, and the set of concurrent pairs found is
+the same whatever the interleaving between writers. The log is a set, read back in a canonical
+order (by the winner's HLC, then the rest of the record), never in arrival order.
+
+The chains are bounded (``window`` registers per writer and key). Detection is exact as long as a
+writer does not overwrite one key more than ``window`` times while another writer's concurrent
+write to it is still in flight; past that, the oldest pairs are no longer found on a replica that
+learns of them late. The default window (64) is far beyond what fleet configuration sees.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from .hlc import Timestamp
+from .lww import KeyRef, RankOf, Register, Strategy, concurrent, order_key
+
+__all__ = ["ConflictLog", "ConflictRecord", "RegisterChains", "RegisterId"]
+
+
+@attrs.frozen(order=True)
+class RegisterId:
+    """Identifies one register of a key: writer, HLC and version."""
+
+    hlc: Timestamp
+    writer: str
+    version: int
+
+    @classmethod
+    def of(cls, register: Register) -> RegisterId:
+        """The id of ``register``."""
+        return cls(register.hlc, register.writer, register.version)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form."""
+        return {"hlc": str(self.hlc), "writer": self.writer, "version": self.version}
+
+
+@attrs.frozen(order=True)
+class ConflictRecord:
+    """One settled conflict: two concurrent registers of one key and how it was decided.
+
+    Attributes:
+        winner: The register the strategy ranks higher.
+        loser: The other one.
+        scope: The scope path.
+        collection: ``policies``, ``versions``, ``nodes`` or ``meta``.
+        key: The key inside the collection.
+        strategy: The strategy's name, e.g. ``last-writer-wins``.
+        reason: Why the winner won: ``authority-rank``, ``later-hlc`` or ``writer-id-tiebreak``.
+    """
+
+    winner: RegisterId
+    loser: RegisterId
+    scope: str
+    collection: str
+    key: str
+    strategy: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form, for the audit CLI and the views."""
+        return {
+            "scope": self.scope,
+            "collection": self.collection,
+            "key": self.key,
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "winner": self.winner.to_json(),
+            "loser": self.loser.to_json(),
+        }
+
+
+def settle(
+    a: Register,
+    b: Register,
+    *,
+    scope: str,
+    ref: KeyRef,
+    strategy: Strategy,
+    rank_of: RankOf,
+) -> ConflictRecord:
+    """Build the record for two concurrent registers: which wins under ``strategy``, and why."""
+    key_a, key_b = order_key(a, strategy, rank_of), order_key(b, strategy, rank_of)
+    win, lose = (a, b) if key_a > key_b else (b, a)
+    if strategy is Strategy.AUTHORITY_PRECEDENCE and rank_of(win.writer) != rank_of(lose.writer):
+        reason = "authority-rank"
+    elif win.hlc != lose.hlc:
+        reason = "later-hlc"
+    else:
+        reason = "writer-id-tiebreak"
+    return ConflictRecord(
+        winner=RegisterId.of(win),
+        loser=RegisterId.of(lose),
+        scope=scope,
+        collection=ref[0],
+        key=ref[1],
+        strategy=strategy.value,
+        reason=reason,
+    )
+
+
+class RegisterChains:
+    """Each writer's recent registers per key, in that writer's order, for conflict detection."""
+
+    __slots__ = ("_chains", "window")
+
+    def __init__(self, window: int = 64) -> None:
+        self.window = window
+        self._chains: dict[KeyRef, dict[str, deque[Register]]] = {}
+
+    def add(self, ref: KeyRef, register: Register) -> list[Register]:
+        """Append ``register`` to its writer's chain; return the registers it conflicts with."""
+        chains = self._chains.get(ref)
+        if chains is None:
+            chains = self._chains[ref] = {}
+        found: list[Register] = []
+        for writer, chain in chains.items():
+            if writer == register.writer:
+                continue
+            seen = register.context.get(writer)
+            # Newest first: once a register is older than what the author had seen, every
+            # earlier one is too (a writer's chain is in HLC order).
+            for other in reversed(chain):
+                if seen is not None and other.hlc <= seen:
+                    break
+                if concurrent(register, other):
+                    found.append(other)
+        own = chains.get(register.writer)
+        if own is None:
+            own = chains[register.writer] = deque(maxlen=self.window)
+        own.append(register)
+        return found
+
+    def clear(self) -> None:
+        """Forget every chain (before a rebuild)."""
+        self._chains.clear()
+
+
+class ConflictLog:
+    """The audit log of settled conflicts: a set, read in canonical order; with subscribers."""
+
+    __slots__ = ("_records", "_subscribers")
+
+    def __init__(self) -> None:
+        self._records: set[ConflictRecord] = set()
+        self._subscribers: list[Callable[[ConflictRecord], None]] = []
+
+    def add(self, record: ConflictRecord) -> bool:
+        """Record ``record``; notify subscribers if it is new. Returns whether it was new."""
+        if record in self._records:
+            return False
+        self._records.add(record)
+        for callback in list(self._subscribers):
+            callback(record)
+        return True
+
+    def subscribe(self, callback: Callable[[ConflictRecord], None]) -> Callable[[], None]:
+        """Call ``callback`` for every new record; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def records(self) -> list[ConflictRecord]:
+        """Every record, in canonical order (identical on converged replicas)."""
+        return sorted(self._records)
+
+    def clear(self) -> None:
+        """Forget every record (before a rebuild)."""
+        self._records.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[ConflictRecord]:
+        return iter(self.records())

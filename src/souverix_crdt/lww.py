@@ -1,0 +1,280 @@
+"""Last-writer-wins registers, their orders, and the pure merge they obey.
+
+A :class:`Register` is one writer's current value for one key: the value (or a tombstone), the
+HLC of the transaction that wrote it, the writer's key id, a per-key version number, the version
+it superseded, and its *context*: for every writer of this key, the newest HLC of that writer's
+register the author had seen when writing (a per-key version vector). The context is what makes
+conflict detection exact: two registers conflict when neither author had seen the other's.
+
+The winner among a key's registers is the maximum under the scope's :class:`Strategy`:
+
+* ``LAST_WRITER_WINS`` orders by ``(hlc, writer)``;
+* ``AUTHORITY_PRECEDENCE`` orders by ``(rank, hlc, writer)``, rank coming from the writer's
+  signed delegation (never from the register itself, which the writer controls).
+
+The state-based CRDT underneath is :class:`LwwMap`: for every key, each writer's newest register.
+Its merge (per writer, keep the register with the greater HLC) is commutative, associative and
+idempotent, and the winner is a function of the merged state only, so every replica that has
+seen the same registers shows the same winner whatever the delivery order.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+import attrs
+import msgpack
+
+from .codec import Limits, decode
+from .errors import DecodeError, InvalidValueError
+from .hlc import Timestamp
+
+__all__ = [
+    "REGISTER_FORMAT",
+    "KeyRef",
+    "LwwMap",
+    "RankOf",
+    "Register",
+    "Strategy",
+    "VersionRef",
+    "concurrent",
+    "has_seen",
+    "order_key",
+    "winner",
+]
+
+#: Format tag written first in every encoded register.
+REGISTER_FORMAT: Final = 1
+
+#: Registers are small; anything bigger than this is not one of ours.
+REGISTER_LIMITS: Final = Limits(
+    max_size=1024 * 1024,
+    max_depth=24,
+    max_str_len=1024 * 1024,
+    max_bin_len=1024 * 1024,
+    max_array_len=65_536,
+    max_map_len=65_536,
+)
+
+#: ``(collection, key)``: the address of a register inside a scope.
+KeyRef = tuple[str, str]
+#: Maps a writer's key id to its authority rank (used by authority precedence).
+RankOf = Callable[[str], int]
+
+
+class Strategy(enum.Enum):
+    """How a scope picks the winner among concurrent registers."""
+
+    LAST_WRITER_WINS = "last-writer-wins"
+    AUTHORITY_PRECEDENCE = "authority-precedence"
+
+
+@attrs.frozen
+class VersionRef:
+    """Names one register of a key: its writer and per-key version number."""
+
+    writer: str
+    version: int
+
+
+def _no_rank(writer: str) -> int:
+    return 0
+
+
+@attrs.frozen(slots=True)
+class Register:
+    """One writer's value for one key, as stored in its writer document.
+
+    Attributes:
+        value: The value (plain msgpack-able data); ``None`` for a tombstone.
+        hlc: Timestamp of the transaction that wrote it.
+        writer: Key id of the writer.
+        version: Per-key version: one more than the highest version its author had seen.
+        supersedes: The register that was winning for its author when it wrote, if any.
+        context: For each writer of this key, the newest HLC of theirs the author had seen.
+        deleted: True for a tombstone: a delete wins or loses like any write.
+    """
+
+    value: Any
+    hlc: Timestamp
+    writer: str
+    version: int
+    supersedes: VersionRef | None = None
+    context: Mapping[str, Timestamp] = attrs.field(factory=dict, eq=False, hash=False)
+    deleted: bool = False
+
+    @property
+    def ref(self) -> VersionRef:
+        """This register's version reference."""
+        return VersionRef(self.writer, self.version)
+
+    def encode(self) -> bytes:
+        """Encode as msgpack bytes (never as Yjs numbers, which come back as floats)."""
+        sup = self.supersedes
+        return encode_register_fields(
+            value=self.value,
+            hlc=self.hlc,
+            writer=self.writer,
+            version=self.version,
+            supersedes=sup,
+            context={w: [t.wall, t.logical] for w, t in self.context.items()},
+            deleted=self.deleted,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray) -> Register:
+        """Decode a register from untrusted bytes.
+
+        Raises:
+            DecodeError: if the bytes are not a well-formed register.
+        """
+        fields = decode(data, REGISTER_LIMITS)
+        if type(fields) is not list or len(fields) != 9 or fields[0] != REGISTER_FORMAT:
+            raise DecodeError("not a register", reason="register-shape")
+        _, deleted, value, wall, logical, writer, version, sup, ctx = fields
+        if type(deleted) is not bool or type(writer) is not str or not writer:
+            raise DecodeError("register header fields have the wrong type", reason="register")
+        if type(version) is not int or version < 1:
+            raise DecodeError("register version must be a positive int", reason="register")
+        supersedes = None
+        if sup is not None:
+            if (
+                type(sup) is not list
+                or len(sup) != 2
+                or type(sup[0]) is not str
+                or type(sup[1]) is not int
+            ):
+                raise DecodeError("bad supersedes reference", reason="register")
+            supersedes = VersionRef(sup[0], sup[1])
+        if type(ctx) is not dict:
+            raise DecodeError("register context must be a map", reason="register")
+        context = {w: Timestamp.from_list(t) for w, t in ctx.items()}
+        if deleted and value is not None:
+            raise DecodeError("a tombstone carries no value", reason="register")
+        return cls(
+            value=value,
+            hlc=Timestamp(wall, logical),
+            writer=writer,
+            version=version,
+            supersedes=supersedes,
+            context=context,
+            deleted=deleted,
+        )
+
+
+def encode_register_fields(
+    *,
+    value: Any,
+    hlc: Timestamp,
+    writer: str,
+    version: int,
+    supersedes: VersionRef | None,
+    context: Mapping[str, list[int]],
+    deleted: bool,
+) -> bytes:
+    """Encode register fields without building a :class:`Register` (the write hot path).
+
+    Raises:
+        InvalidValueError: if ``value`` is not plain msgpack-able data.
+    """
+    sup = None if supersedes is None else [supersedes.writer, supersedes.version]
+    try:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            [REGISTER_FORMAT, deleted, value, hlc.wall, hlc.logical, writer, version, sup, context],
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValueError(f"value cannot be stored: {exc}", reason="value") from exc
+
+
+def has_seen(author: Register, other: Register) -> bool:
+    """True if ``author`` was written with ``other`` in its causal past (for this key)."""
+    if author.writer == other.writer:
+        return author.hlc >= other.hlc
+    seen = author.context.get(other.writer)
+    return seen is not None and seen >= other.hlc
+
+
+def concurrent(a: Register, b: Register) -> bool:
+    """True if neither register's author had seen the other's: a conflict."""
+    return not has_seen(a, b) and not has_seen(b, a)
+
+
+def order_key(
+    register: Register, strategy: Strategy, rank_of: RankOf = _no_rank
+) -> tuple[Any, ...]:
+    """The total order a strategy uses; the winner is the register with the largest key."""
+    if strategy is Strategy.AUTHORITY_PRECEDENCE:
+        return (rank_of(register.writer), register.hlc, register.writer)
+    return (register.hlc, register.writer)
+
+
+def winner(
+    registers: Iterable[Register], strategy: Strategy, rank_of: RankOf = _no_rank
+) -> Register | None:
+    """The winning register under ``strategy``, or ``None`` if there are none."""
+    best: Register | None = None
+    best_key: tuple[Any, ...] = ()
+    for register in registers:
+        key = order_key(register, strategy, rank_of)
+        if best is None or key > best_key:
+            best, best_key = register, key
+    return best
+
+
+@attrs.frozen
+class LwwMap:
+    """The state-based CRDT: per key, each writer's newest register.
+
+    ``merge`` is the join of a semilattice (per writer, the register with the greater HLC), so
+    it is commutative, associative and idempotent; :meth:`value` depends only on the joined state.
+    """
+
+    entries: Mapping[KeyRef, Mapping[str, Register]] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, registers: Iterable[tuple[KeyRef, Register]]) -> LwwMap:
+        """Build the state holding ``registers`` (the newest per writer and key)."""
+        state = cls()
+        for ref, register in registers:
+            state = state.merge(cls({ref: {register.writer: register}}))
+        return state
+
+    def merge(self, other: LwwMap) -> LwwMap:
+        """Join two states; pure."""
+        merged: dict[KeyRef, dict[str, Register]] = {
+            ref: dict(heads) for ref, heads in self.entries.items()
+        }
+        for ref, heads in other.entries.items():
+            target = merged.setdefault(ref, {})
+            for writer, register in heads.items():
+                mine = target.get(writer)
+                # Ties on (writer, hlc) can only come from one transaction: keep the larger
+                # encoding so the join is still a function of the two inputs.
+                if (
+                    mine is None
+                    or register.hlc > mine.hlc
+                    or (register.hlc == mine.hlc and register.encode() > mine.encode())
+                ):
+                    target[writer] = register
+        return LwwMap(merged)
+
+    def winner(
+        self, ref: KeyRef, strategy: Strategy, rank_of: RankOf = _no_rank
+    ) -> Register | None:
+        """The register that wins ``ref`` (a tombstone included), or ``None``."""
+        return winner(self.entries.get(ref, {}).values(), strategy, rank_of)
+
+    def value(self, strategy: Strategy, rank_of: RankOf = _no_rank) -> dict[KeyRef, Any]:
+        """The visible key/value view: winners that are not tombstones."""
+        view: dict[KeyRef, Any] = {}
+        for ref in self.entries:
+            best = self.winner(ref, strategy, rank_of)
+            if best is not None and not best.deleted:
+                view[ref] = best.value
+        return view
+
+    def __iter__(self) -> Iterator[KeyRef]:
+        return iter(self.entries)
