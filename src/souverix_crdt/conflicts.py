@@ -7,9 +7,9 @@ It records each conflicting pair once, as a :class:`ConflictRecord` naming winne
 strategy and reason.
 
 Why the log is identical on every replica: a pair is detected when the second of its two
-registers arrives, by comparing it with the other writers' retained registers for that key
-(:class:`RegisterChains`). Each writer's registers arrive in that writer's sequence order, so
-its chain for a key is the same list on every replica, and the set of concurrent pairs found is
+registers arrives, by comparing it with the other writers' retained registers for that key (a
+bounded chain per writer and key). Each writer's registers arrive in its sequence order, so its
+chain for a key is the same list on every replica, and the set of concurrent pairs found is
 the same whatever the interleaving between writers. The log is a set, read back in a canonical
 order (by the winner's HLC, then the rest of the record), never in arrival order.
 
@@ -22,7 +22,7 @@ learns of them late. The default window (64) is far beyond what fleet configurat
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -30,7 +30,7 @@ import attrs
 from .hlc import Timestamp
 from .lww import KeyRef, RankOf, Register, Strategy, concurrent, order_key
 
-__all__ = ["ConflictLog", "ConflictRecord", "RegisterChains", "RegisterId"]
+__all__ = ["ConflictLog", "ConflictRecord", "RegisterId", "find_concurrent", "settle"]
 
 
 @attrs.frozen(order=True)
@@ -115,41 +115,21 @@ def settle(
     )
 
 
-class RegisterChains:
-    """Each writer's recent registers per key, in that writer's order, for conflict detection."""
-
-    __slots__ = ("_chains", "window")
-
-    def __init__(self, window: int = 64) -> None:
-        self.window = window
-        self._chains: dict[KeyRef, dict[str, deque[Register]]] = {}
-
-    def add(self, ref: KeyRef, register: Register) -> list[Register]:
-        """Append ``register`` to its writer's chain; return the registers it conflicts with."""
-        chains = self._chains.get(ref)
-        if chains is None:
-            chains = self._chains[ref] = {}
-        found: list[Register] = []
-        for writer, chain in chains.items():
-            if writer == register.writer:
-                continue
-            seen = register.context.get(writer)
-            # Newest first: once a register is older than what the author had seen, every
-            # earlier one is too (a writer's chain is in HLC order).
-            for other in reversed(chain):
-                if seen is not None and other.hlc <= seen:
-                    break
-                if concurrent(register, other):
-                    found.append(other)
-        own = chains.get(register.writer)
-        if own is None:
-            own = chains[register.writer] = deque(maxlen=self.window)
-        own.append(register)
-        return found
-
-    def clear(self) -> None:
-        """Forget every chain (before a rebuild)."""
-        self._chains.clear()
+def find_concurrent(register: Register, chains: Mapping[str, deque[Register]]) -> list[Register]:
+    """The registers of other writers' chains (for one key) that ``register`` conflicts with."""
+    found: list[Register] = []
+    for writer, chain in chains.items():
+        if writer == register.writer:
+            continue
+        seen = register.context.get(writer)
+        # Newest first: once a register is older than what the author had seen, every
+        # earlier one is too (a writer's chain is in its own order, which is HLC order).
+        for other in reversed(chain):
+            if seen is not None and other.hlc <= seen:
+                break
+            if concurrent(register, other):
+                found.append(other)
+    return found
 
 
 class ConflictLog:

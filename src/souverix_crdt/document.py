@@ -22,21 +22,23 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
+import msgpack
 import pycrdt
 
-from .conflicts import ConflictLog, ConflictRecord, RegisterChains, settle
+from .conflicts import ConflictLog, ConflictRecord, find_concurrent, settle
 from .errors import DecodeError, InvalidUpdateError, InvalidValueError
 from .hlc import Timestamp
 from .lww import (
+    REGISTER_FORMAT,
     KeyRef,
     Register,
     Strategy,
     VersionRef,
-    encode_register_fields,
     order_key,
 )
 from .scope import Scope
@@ -118,9 +120,9 @@ class WriterDocument:
 
     __slots__ = (
         "_changes",
-        "_collecting",
         "_last_update",
-        "_subscriptions",
+        "_observers",
+        "_subscription",
         "client_id",
         "doc",
         "maps",
@@ -138,15 +140,12 @@ class WriterDocument:
         self.maps: dict[str, pycrdt.Map[Any]] = {
             name: self.doc.get(name, type=pycrdt.Map) for name in COLLECTIONS
         }
-        self._collecting = False
-        self._changes: list[tuple[str, str, bytes | None]] = []
+        self._changes: list[tuple[str, str, bytes | None, bytes | None]] = []
+        self._observers = [(self.maps[name], self._observer(name)) for name in COLLECTIONS]
         self._last_update = b""
-        self._subscriptions = [
-            self.maps[name].observe(self._observer(name)) for name in COLLECTIONS
-        ]
         # The transaction event carries exactly the delta of that transaction; asking for
         # get_update(state_before) instead costs about eight times as much per write.
-        self._subscriptions.append(self.doc.observe(self._on_transaction))
+        self._subscription = self.doc.observe(self._on_transaction)
 
     def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
         self._last_update = event.update
@@ -157,13 +156,17 @@ class WriterDocument:
         def observe(event: pycrdt.MapEvent) -> None:
             # Never raise here: pycrdt reports observer exceptions only after the transaction
             # committed. Collect, and let apply() judge the entries afterwards.
-            if not self._collecting:
-                return
             keys: dict[str, dict[str, Any]] = event.keys  # type: ignore[attr-defined]
             for key, change in keys.items():
                 new = change.get("newValue") if change.get("action") != "delete" else None
+                old = change.get("oldValue")
                 changes.append(
-                    (collection, key, bytes(new) if isinstance(new, bytes | bytearray) else None)
+                    (
+                        collection,
+                        key,
+                        bytes(new) if isinstance(new, bytes | bytearray) else None,
+                        bytes(old) if isinstance(old, bytes | bytearray) else None,
+                    )
                 )
 
         return observe
@@ -196,8 +199,8 @@ class WriterDocument:
                 maps[collection][key] = data
         return bytes(self._last_update)
 
-    def apply(self, update: bytes) -> list[tuple[str, str, bytes | None]]:
-        """Apply one of the writer's updates; return the entries it changed.
+    def apply(self, update: bytes) -> list[tuple[str, str, bytes | None, bytes | None]]:
+        """Apply one of the writer's updates; return ``(collection, key, new, old)`` per entry.
 
         The update is decoded first (``get_state``) so malformed bytes never reach the
         document; it must contain only this writer's items and must continue the document
@@ -227,7 +230,9 @@ class WriterDocument:
                 writer=self.writer,
             )
         self._changes.clear()
-        self._collecting = True
+        # Map observers convert every changed entry to Python; they are attached only while a
+        # remote update is applied, so local writes do not pay for them.
+        subscriptions = [(m, m.observe(callback)) for m, callback in self._observers]
         try:
             self.doc.apply_update(update)
         except BaseException as exc:
@@ -240,7 +245,8 @@ class WriterDocument:
                 writer=self.writer,
             ) from exc
         finally:
-            self._collecting = False
+            for target, subscription in subscriptions:
+                target.unobserve(subscription)
         wanted = update_sv.get(self.client_id, 0)
         if wanted and decode_state_vector(self.doc.get_state()).get(self.client_id, 0) < wanted:
             raise InvalidUpdateError(
@@ -293,8 +299,7 @@ class WriteOp:
     deleted: bool = False
 
 
-@attrs.frozen
-class Change:
+class Change(NamedTuple):
     """The winner of a key changed.
 
     Attributes:
@@ -302,14 +307,12 @@ class Change:
         collection: The collection.
         key: The key.
         register: The new winning register (a tombstone for a delete).
-        previous: The register that was winning before, if any.
     """
 
     scope: Scope
     collection: str
     key: str
     register: Register
-    previous: Register | None
 
 
 @attrs.frozen
@@ -320,13 +323,13 @@ class WriteResult:
         seq: The writer's sequence number for this update.
         update: The pycrdt update (the envelope's payload).
         hlc: The transaction's timestamp.
-        changes: Winners that changed.
+        changed: ``(collection, key)`` of every key whose winner changed.
     """
 
     seq: int
     update: bytes
     hlc: Timestamp
-    changes: tuple[Change, ...]
+    changed: tuple[KeyRef, ...]
 
 
 def _check_op(op: WriteOp) -> None:
@@ -345,6 +348,25 @@ def _check_op(op: WriteOp) -> None:
         raise InvalidValueError("a delete carries no value", reason="value", key=key)
 
 
+class _KeyRecord:
+    """Full tracking for a key that has had more than one register.
+
+    Most keys (a node record reported by its zone) only ever have one register; for those the
+    index holds just the winning writer's id and reads the register back from its document.
+    A key gets a record when its second register arrives, seeded with the first, so conflict
+    detection and history see every register either way.
+    """
+
+    __slots__ = ("chains", "heads", "history", "winner", "winner_key")
+
+    def __init__(self) -> None:
+        self.heads: dict[str, Register] = {}
+        self.history: list[tuple[tuple[Any, ...], Register]] = []
+        self.chains: dict[str, deque[Register]] = {}
+        self.winner: Register | None = None
+        self.winner_key: tuple[Any, ...] = ()
+
+
 class ScopeState:
     """The merged, indexed state of one scope across its writer documents.
 
@@ -355,6 +377,8 @@ class ScopeState:
         history_limit: Registers kept per key in :meth:`history`.
         conflict_window: Registers kept per writer and key for conflict detection.
         max_pending: Early arrivals held per writer.
+        conflict_log: Where settled conflicts are recorded (shared across scopes by
+            :class:`FleetState`).
     """
 
     def __init__(
@@ -373,15 +397,16 @@ class ScopeState:
         self.strategy = strategy
         self.policy: WriterPolicy = policy if policy is not None else AllowAll()
         self.history_limit = history_limit
+        self.conflict_window = conflict_window
         self.max_pending = max_pending
         self.documents: dict[str, WriterDocument] = {}
         self.conflicts = conflict_log if conflict_log is not None else ConflictLog()
         self.invalid_entries = 0
         self.invalid_updates = 0
-        self._chains = RegisterChains(conflict_window)
-        self._heads: dict[KeyRef, dict[str, Register]] = {}
-        self._winners: dict[KeyRef, Register] = {}
-        self._history: dict[KeyRef, list[tuple[tuple[Any, ...], Register]]] = {}
+        # collection -> key -> id of the writer whose register wins (every live key).
+        self._winner_of: dict[str, dict[str, str]] = {name: {} for name in COLLECTIONS}
+        # Keys that have had more than one register.
+        self._records: dict[KeyRef, _KeyRecord] = {}
         self._pending: dict[str, dict[int, bytes]] = {}
 
     # ------------------------------------------------------------------ reading
@@ -395,41 +420,62 @@ class ScopeState:
 
     def register(self, collection: str, key: str) -> Register | None:
         """The winning register of a key (a tombstone included), in O(1)."""
-        return self._winners.get((collection, key))
+        record = self._records.get((collection, key))
+        if record is not None:
+            return record.winner
+        writer = self._winner_of[collection].get(key)
+        if writer is None:
+            return None
+        data = self.documents[writer].get(collection, key)
+        # Indexed entries were decoded successfully when they arrived.
+        assert data is not None
+        return Register.decode(data)
 
     def get(self, collection: str, key: str, default: Any = None) -> Any:
         """The visible value of a key, or ``default`` if unset or deleted."""
-        best = self._winners.get((collection, key))
+        best = self.register(collection, key)
         if best is None or best.deleted:
             return default
         return best.value
 
+    def keys(self, collection: str) -> list[str]:
+        """Every key of a collection that has a register (tombstones included), sorted."""
+        return sorted(self._winner_of[collection])
+
     def items(self, collection: str) -> Iterator[tuple[str, Any]]:
-        """Visible ``(key, value)`` pairs of a collection (tombstones hidden)."""
-        for (name, key), best in self._winners.items():
-            if name == collection and not best.deleted:
+        """Visible ``(key, value)`` pairs of a collection in key order (tombstones hidden)."""
+        for key in self.keys(collection):
+            best = self.register(collection, key)
+            if best is not None and not best.deleted:
                 yield key, best.value
+
+    def winners(self) -> Iterator[tuple[KeyRef, Register]]:
+        """Every key's winning register, tombstones included, in key order."""
+        for collection in COLLECTIONS:
+            for key in self.keys(collection):
+                best = self.register(collection, key)
+                if best is not None:
+                    yield (collection, key), best
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """All visible values, by collection then key (sorted; for comparisons)."""
-        view: dict[str, dict[str, Any]] = {name: {} for name in COLLECTIONS}
-        for (name, key), best in sorted(self._winners.items()):
-            if not best.deleted:
-                view[name][key] = best.value
-        return view
-
-    def winners(self) -> Mapping[KeyRef, Register]:
-        """Every key's winning register, tombstones included (read-only view)."""
-        return self._winners
+        return {name: dict(self.items(name)) for name in COLLECTIONS}
 
     def history(self, collection: str, key: str) -> list[Register]:
         """The key's newest registers under the strategy's order, newest first (bounded)."""
-        entries = self._history.get((collection, key), [])
-        return [register for _, register in reversed(entries)]
+        record = self._records.get((collection, key))
+        if record is not None:
+            return [register for _, register in reversed(record.history)]
+        best = self.register(collection, key)
+        return [] if best is None else [best]
 
     def heads(self, collection: str, key: str) -> dict[str, Register]:
         """Each writer's current register for a key."""
-        return dict(self._heads.get((collection, key), {}))
+        record = self._records.get((collection, key))
+        if record is not None:
+            return dict(record.heads)
+        best = self.register(collection, key)
+        return {} if best is None else {best.writer: best}
 
     def next_seq(self, writer: str) -> int:
         """The sequence number the writer's next update must carry."""
@@ -449,78 +495,107 @@ class ScopeState:
     def write(self, writer: str, hlc: Timestamp, ops: Sequence[WriteOp]) -> WriteResult:
         """Apply a local transaction of ``writer``: one pycrdt update for all of ``ops``.
 
+        Several ops on one key keep only the last (they share the transaction's timestamp, and
+        other replicas only ever see the last).
+
         Raises:
             InvalidValueError: if an op names an unknown collection, a bad key or a value that
                 cannot be stored. Nothing is written.
         """
         doc = self.document(writer)
+        if len(ops) > 1:
+            ops = list({(op.collection, op.key): op for op in ops}.values())
         entries: list[tuple[str, str, bytes]] = []
-        registers: list[tuple[KeyRef, Register]] = []
-        heads_index = self._heads
-        winners = self._winners
+        fresh: list[tuple[str, str]] = []
+        tracked: list[tuple[KeyRef, Register]] = []
+        winner_of = self._winner_of
+        records = self._records
+        wall, logical = hlc
+        allowed = self._allowed(writer)
         for op in ops:
-            _check_op(op)
-            ref = (op.collection, op.key)
-            heads = heads_index.get(ref)
-            context: dict[str, Timestamp] = {}
-            version = 1
-            supersedes: VersionRef | None = None
-            if heads:
-                for other in heads.values():
-                    for w, t in other.context.items():
-                        if w not in context or t > context[w]:
-                            context[w] = t
-                    if other.writer not in context or other.hlc > context[other.writer]:
-                        context[other.writer] = other.hlc
-                    if other.version >= version:
-                        version = other.version + 1
-                current = winners.get(ref)
-                if current is not None:
-                    supersedes = VersionRef(current.writer, current.version)
-            context.pop(writer, None)  # a writer always sees its own registers
-            value = None if op.deleted else op.value
-            data = encode_register_fields(
-                value=value,
-                hlc=hlc,
-                writer=writer,
-                version=version,
-                supersedes=supersedes,
-                context={w: [t.wall, t.logical] for w, t in context.items()},
-                deleted=op.deleted,
-            )
-            entries.append((op.collection, op.key, data))
-            registers.append(
-                (
-                    ref,
-                    Register(
-                        value=value,
-                        hlc=hlc,
-                        writer=writer,
-                        version=version,
-                        supersedes=supersedes,
-                        context=context,
-                        deleted=op.deleted,
-                    ),
-                )
-            )
+            collection = op.collection
+            key = op.key
+            if (
+                op.deleted
+                or collection not in _COLLECTION_SET
+                or type(key) is not str
+                or not key
+                or len(key) > MAX_KEY_LENGTH
+            ):
+                _check_op(op)  # the slow checks, only when a fast one flags something
+            value = op.value
+            ref = (collection, key)
+            if key not in winner_of[collection] and ref not in records:
+                # The fast path: a key nobody has written.
+                try:
+                    data = msgpack.packb(
+                        [REGISTER_FORMAT, op.deleted, value, wall, logical, writer, 1, None, {}],
+                        use_bin_type=True,
+                    )
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise InvalidValueError(
+                        f"value cannot be stored: {exc}", reason="value", key=key
+                    ) from exc
+                entries.append((collection, key, data))
+                fresh.append(ref)
+                continue
+            register = self._next_register(ref, writer, hlc, op)
+            entries.append((collection, key, register.encode()))
+            tracked.append((ref, register))
         update = doc.write(entries)
         doc.seq += 1
-        changes = self._index_many(writer, registers)
-        return WriteResult(seq=doc.seq, update=update, hlc=hlc, changes=tuple(changes))
+        changed: list[KeyRef] = []
+        for collection, key in fresh:
+            if allowed[collection]:
+                winner_of[collection][key] = writer
+                changed.append((collection, key))
+        for ref, register in tracked:
+            if allowed[ref[0]] and self._index(ref, register):
+                changed.append(ref)
+        return WriteResult(seq=doc.seq, update=update, hlc=hlc, changed=tuple(changed))
+
+    def _next_register(self, ref: KeyRef, writer: str, hlc: Timestamp, op: WriteOp) -> Register:
+        """The register ``writer`` writes over a key that already has registers."""
+        record = self._record(ref, None)
+        context: dict[str, Timestamp] = {}
+        version = 1
+        # The author's context is everything its heads had seen, plus the heads themselves.
+        for other in record.heads.values():
+            for w, t in other.context.items():
+                if w not in context or t > context[w]:
+                    context[w] = t
+            if other.writer not in context or other.hlc > context[other.writer]:
+                context[other.writer] = other.hlc
+            if other.version >= version:
+                version = other.version + 1
+        context.pop(writer, None)  # a writer always sees its own registers
+        current = record.winner
+        return Register(
+            value=None if op.deleted else op.value,
+            hlc=hlc,
+            writer=writer,
+            version=version,
+            supersedes=None if current is None else VersionRef(current.writer, current.version),
+            context=context,
+            deleted=op.deleted,
+        )
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, writer: str, seq: int, update: bytes) -> list[Change]:
+    def receive(self, writer: str, seq: int, update: bytes) -> list[KeyRef]:
         """Take one of a writer's updates, in any order; apply what is contiguous.
 
         Duplicates (``seq`` already applied) are ignored. Early arrivals wait until the gap
         before them fills, then everything contiguous is applied in order.
 
+        Returns:
+            ``(collection, key)`` of every key whose winner changed.
+
         Raises:
-            InvalidUpdateError: if the update at the head of the queue is malformed; it is
+            InvalidUpdateError: if the update with the next sequence number is malformed; it is
                 dropped and the document is unchanged.
         """
-        if seq < 1:
+        if type(seq) is not int or seq < 1:
             raise InvalidUpdateError("sequence numbers start at 1", reason="seq", writer=writer)
         doc = self.document(writer)
         if seq <= doc.seq:
@@ -536,14 +611,14 @@ class ScopeState:
                 )
             pending.setdefault(seq, update)
             return []
-        changes = self.apply_next(writer, update)
+        changed = self.apply_next(writer, update)
         waiting = self._pending.get(writer)
         while waiting:
             following = waiting.pop(doc.seq + 1, None)
             if following is None:
                 break
             try:
-                changes.extend(self.apply_next(writer, following))
+                changed.extend(self.apply_next(writer, following))
             except InvalidUpdateError:
                 # The writer's next update is bad; what came before stays applied, and the
                 # writer waits for a good copy of that sequence number again.
@@ -551,10 +626,13 @@ class ScopeState:
                 break
         if waiting is not None and not waiting:
             del self._pending[writer]
-        return changes
+        return changed
 
-    def apply_next(self, writer: str, update: bytes) -> list[Change]:
+    def apply_next(self, writer: str, update: bytes) -> list[KeyRef]:
         """Apply the update that carries the writer's next sequence number.
+
+        Returns:
+            ``(collection, key)`` of every key whose winner changed.
 
         Raises:
             InvalidUpdateError: if the update is malformed; the document is unchanged.
@@ -562,101 +640,140 @@ class ScopeState:
         doc = self.document(writer)
         entries = doc.apply(update)
         doc.seq += 1
-        registers: list[tuple[KeyRef, Register]] = []
-        for collection, key, data in entries:
-            ref = (collection, key)
-            if data is None:
-                self._drop_head(ref, writer)
+        allowed = self._allowed(writer)
+        winner_of = self._winner_of
+        changed: list[KeyRef] = []
+        for collection, key, data, old in entries:
+            if not allowed[collection]:
                 continue
-            try:
-                register = Register.decode(data)
-            except DecodeError:
-                register = None
-            if register is None or register.writer != writer:
+            ref = (collection, key)
+            register: Register | None = None
+            if data is not None:
+                try:
+                    register = Register.decode(data)
+                except DecodeError:
+                    register = None
+                if register is not None and register.writer != writer:
+                    register = None
+            if register is None:
                 # Deterministic on every replica: an entry that is not a register of this
                 # writer does not count, and hides whatever the writer had there before.
-                self.invalid_entries += 1
-                self._drop_head(ref, writer)
+                self.invalid_entries += data is not None
+                if self._drop_head(ref, writer, old):
+                    changed.append(ref)
                 continue
-            registers.append((ref, register))
-        return self._index_many(writer, registers)
+            if key not in winner_of[collection] and ref not in self._records:
+                winner_of[collection][key] = writer
+                changed.append(ref)
+                continue
+            self._record(ref, old if winner_of[collection].get(key) == writer else None)
+            if self._index(ref, register):
+                changed.append(ref)
+        return changed
 
     # ------------------------------------------------------------------ index
 
-    def _index_many(self, writer: str, registers: list[tuple[KeyRef, Register]]) -> list[Change]:
+    def _allowed(self, writer: str) -> dict[str, bool]:
         policy = self.policy
-        allowed = {name: policy.allows(writer, name) for name in COLLECTIONS}
-        changes: list[Change] = []
-        for ref, register in registers:
-            if not allowed[ref[0]]:
-                continue
-            change = self._index(ref, register)
-            if change is not None:
-                changes.append(change)
-        return changes
+        return {name: policy.allows(writer, name) for name in COLLECTIONS}
 
-    def _index(self, ref: KeyRef, register: Register) -> Change | None:
-        heads = self._heads.get(ref)
-        if heads is None:
-            heads = self._heads[ref] = {}
-        heads[register.writer] = register
+    def _record(self, ref: KeyRef, old_own: bytes | None) -> _KeyRecord:
+        """The key's full record, created from its single register on first need.
+
+        ``old_own`` is the previous bytes of the single register when its own writer's document
+        has just been overwritten (the document no longer holds them).
+        """
+        record = self._records.get(ref)
+        if record is not None:
+            return record
+        record = self._records[ref] = _KeyRecord()
+        writer = self._winner_of[ref[0]].get(ref[1])
+        if writer is not None:
+            data = old_own if old_own is not None else self.documents[writer].get(*ref)
+            assert data is not None
+            self._index(ref, Register.decode(data))
+        return record
+
+    def _index(self, ref: KeyRef, register: Register) -> bool:
+        """Add a tracked key's new register; True if it became the winner."""
+        record = self._records[ref]
+        record.heads[register.writer] = register
         rank_of = self.policy.rank
         strategy = self.strategy
-        for other in self._chains.add(ref, register):
+        for other in find_concurrent(register, record.chains):
             self.conflicts.add(
                 settle(
                     register, other, scope=self.path, ref=ref, strategy=strategy, rank_of=rank_of
                 )
             )
+        chain = record.chains.get(register.writer)
+        if chain is None:
+            chain = record.chains[register.writer] = deque(maxlen=self.conflict_window)
+        chain.append(register)
         key = order_key(register, strategy, rank_of)
-        history = self._history.get(ref)
-        if history is None:
-            self._history[ref] = [(key, register)]
-        else:
-            # Top-N of a set is order independent: top(S + x) == top(top(S) + x).
-            bisect.insort(history, (key, register), key=lambda entry: entry[0])
-            if len(history) > self.history_limit:
-                del history[0]
-        previous = self._winners.get(ref)
-        if previous is None or key > order_key(previous, strategy, rank_of):
-            self._winners[ref] = register
-            return Change(self.scope, ref[0], ref[1], register, previous)
-        return None
+        # Top-N of a set is order independent: top(S + x) == top(top(S) + x).
+        bisect.insort(record.history, (key, register), key=_first)
+        if len(record.history) > self.history_limit:
+            del record.history[0]
+        if record.winner is None or key > record.winner_key:
+            record.winner, record.winner_key = register, key
+            self._winner_of[ref[0]][ref[1]] = register.writer
+            return True
+        return False
 
-    def _drop_head(self, ref: KeyRef, writer: str) -> None:
-        heads = self._heads.get(ref)
-        if not heads or writer not in heads:
-            return
-        del heads[writer]
-        self._winners.pop(ref, None)
-        best: Register | None = None
-        rank_of = self.policy.rank
-        for register in heads.values():
-            if best is None or order_key(register, self.strategy, rank_of) > order_key(
-                best, self.strategy, rank_of
-            ):
-                best = register
-        if best is not None:
-            self._winners[ref] = best
+    def _drop_head(self, ref: KeyRef, writer: str, old: bytes | None) -> bool:
+        """A writer's entry vanished or became invalid; True if the winner changed."""
+        winner_of = self._winner_of[ref[0]]
+        record = self._records.get(ref)
+        if record is None:
+            if winner_of.get(ref[1]) == writer:
+                del winner_of[ref[1]]
+                return True
+            return False
+        if record.heads.pop(writer, None) is None:
+            return False
+        if record.winner is None or record.winner.writer != writer:
+            return False
+        record.winner, record.winner_key = None, ()
+        for register in record.heads.values():
+            key = order_key(register, self.strategy, self.policy.rank)
+            if record.winner is None or key > record.winner_key:
+                record.winner, record.winner_key = register, key
+        if record.winner is None:
+            winner_of.pop(ref[1], None)
+        else:
+            winner_of[ref[1]] = record.winner.writer
+        return True
 
     def rebuild_index(self) -> None:
-        """Recompute the index from the documents (after a policy change: a rank or a grant)."""
-        self._heads.clear()
-        self._winners.clear()
-        self._history.clear()
-        self._chains.clear()
+        """Recompute the index from the documents (after a policy change: a rank or a grant).
+
+        The audit log is not rebuilt: records already settled stay, as an audit log should.
+        """
+        for table in self._winner_of.values():
+            table.clear()
+        self._records.clear()
         for writer, doc in sorted(self.documents.items()):
-            registers: list[tuple[KeyRef, Register]] = []
+            allowed = self._allowed(writer)
             for collection, key, data in doc.entries():
-                if data is None:
+                if data is None or not allowed[collection]:
                     continue
                 try:
                     register = Register.decode(data)
                 except DecodeError:
                     continue
-                if register.writer == writer:
-                    registers.append(((collection, key), register))
-            self._index_many(writer, registers)
+                if register.writer != writer:
+                    continue
+                ref = (collection, key)
+                if key not in self._winner_of[collection] and ref not in self._records:
+                    self._winner_of[collection][key] = writer
+                else:
+                    self._record(ref, None)
+                    self._index(ref, register)
+
+
+def _first(entry: tuple[tuple[Any, ...], Register]) -> tuple[Any, ...]:
+    return entry[0]
 
 
 class FleetState:
@@ -700,15 +817,17 @@ class FleetState:
         self, scope: Scope | str, writer: str, hlc: Timestamp, ops: Sequence[WriteOp]
     ) -> WriteResult:
         """A local transaction of ``writer`` in ``scope``; notifies subscribers."""
-        result = self.scope(scope).write(writer, hlc, ops)
-        self._notify(result.changes)
+        state = self.scope(scope)
+        result = state.write(writer, hlc, ops)
+        self.notify(state, result.changed)
         return result
 
-    def receive(self, scope: Scope | str, writer: str, seq: int, update: bytes) -> list[Change]:
+    def receive(self, scope: Scope | str, writer: str, seq: int, update: bytes) -> list[KeyRef]:
         """Take one of a writer's updates in any order; notifies subscribers of applied changes."""
-        changes = self.scope(scope).receive(writer, seq, update)
-        self._notify(changes)
-        return changes
+        state = self.scope(scope)
+        changed = state.receive(writer, seq, update)
+        self.notify(state, changed)
+        return changed
 
     def effective(self, scope: Scope | str, collection: str, key: str, default: Any = None) -> Any:
         """The value in force at ``scope``: its own if set, else the nearest ancestor's.
@@ -725,18 +844,12 @@ class FleetState:
         return default
 
     def effective_items(self, scope: Scope | str, collection: str) -> dict[str, Any]:
-        """Every key in force at ``scope`` with its effective value."""
+        """Every key in force at ``scope`` with its effective value, in key order."""
         view: dict[str, Any] = {}
         for level in reversed(list(Scope.parse(scope).lineage())):
             state = self.scopes.get(level)
-            if state is None:
-                continue
-            for (name, key), best in state.winners().items():
-                if name != collection:
-                    continue
-                if best.deleted:
-                    continue
-                view[key] = best.value
+            if state is not None:
+                view.update(state.items(collection))
         return dict(sorted(view.items()))
 
     def subscribe(self, callback: Callable[[Sequence[Change]], None]) -> Callable[[], None]:
@@ -757,7 +870,14 @@ class FleetState:
         """Every scope's visible values (sorted; for comparisons)."""
         return {str(s): self.scopes[s].snapshot() for s in sorted(self.scopes)}
 
-    def _notify(self, changes: Sequence[Change]) -> None:
-        if changes:
-            for callback in list(self._subscribers):
-                callback(changes)
+    def notify(self, state: ScopeState, changed: Sequence[KeyRef]) -> None:
+        """Tell subscribers which winners changed in ``state`` (built only if anyone listens)."""
+        if not changed or not self._subscribers:
+            return
+        changes = []
+        for collection, key in changed:
+            register = state.register(collection, key)
+            if register is not None:
+                changes.append(Change(state.scope, collection, key, register))
+        for callback in list(self._subscribers):
+            callback(changes)
