@@ -93,6 +93,23 @@ def _check_segment(segment: str, path: object) -> None:
         )
 
 
+def _check_segments(segments: object, path: object) -> None:
+    if not isinstance(segments, tuple):
+        raise InvalidScopeError("scope segments are a tuple of str", path=path, reason="type")
+    if not segments:
+        raise InvalidScopeError("a scope has at least one segment", path=path, reason="empty")
+    if len(segments) > MAX_DEPTH:
+        raise InvalidScopeError(
+            f"scope deeper than {MAX_DEPTH} segments", path=path, reason="depth"
+        )
+    for segment in segments:
+        if not isinstance(segment, str):
+            raise InvalidScopeError("segments are strings", path=path, reason="type")
+        _check_segment(segment, path)
+    if segments[0] != ROOT_SEGMENT:
+        raise InvalidScopeError(f"scope paths start at {ROOT_SEGMENT!r}", path=path, reason="root")
+
+
 @attrs.frozen(order=True)
 class Scope:
     """A canonical scope path. Build with :meth:`parse`, :meth:`root` or :meth:`child`.
@@ -104,20 +121,7 @@ class Scope:
     segments: tuple[str, ...]
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.segments, tuple) or not self.segments:
-            raise InvalidScopeError("a scope has at least one segment", path=self.segments)
-        if len(self.segments) > MAX_DEPTH:
-            raise InvalidScopeError(
-                f"scope deeper than {MAX_DEPTH} segments", path=self.segments, reason="depth"
-            )
-        for segment in self.segments:
-            if not isinstance(segment, str):
-                raise InvalidScopeError("segments are strings", path=self.segments, reason="type")
-            _check_segment(segment, self.segments)
-        if self.segments[0] != ROOT_SEGMENT:
-            raise InvalidScopeError(
-                f"scope paths start at {ROOT_SEGMENT!r}", path=self.segments, reason="root"
-            )
+        _check_segments(self.segments, self.segments)
 
     @classmethod
     def parse(cls, path: object) -> Scope:
@@ -134,9 +138,10 @@ class Scope:
             )
         if len(path) > MAX_DEPTH * (MAX_SEGMENT_LENGTH + 1):
             raise InvalidScopeError("scope path too long", path=path, reason="length")
+        # Validate here, against the string as given, so the error's ``path`` is the caller's
+        # input (not the split tuple) whichever rule fails; the constructor re-checks cheaply.
         segments = tuple(path.split("/"))
-        for segment in segments:
-            _check_segment(segment, path)
+        _check_segments(segments, path)
         return cls(segments)
 
     @classmethod
