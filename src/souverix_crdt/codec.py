@@ -88,6 +88,21 @@ _CONTAINERS: Final = frozenset({list, dict})
 _SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 
 
+def _check_byte_view(view: memoryview) -> None:
+    # len() of a memoryview counts items, not bytes, so the size limit would be off by the item
+    # size, and msgpack refuses multi-byte items with a BufferError that must not escape.
+    try:
+        if view.ndim == 1 and view.itemsize == 1:
+            return
+    except ValueError as exc:  # a released view
+        raise DecodeError("memoryview is released", reason="type") from exc
+    raise DecodeError(
+        f"memoryview must be one-dimensional bytes, got format {view.format!r} "
+        f"with {view.ndim} dimension(s)",
+        reason="type",
+    )
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode one msgpack object from untrusted bytes under ``limits``.
 
@@ -101,6 +116,8 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}", reason="type")
+    if isinstance(data, memoryview):
+        _check_byte_view(data)
     size = len(data)
     if size > limits.max_size:
         raise DecodeError(f"{size} bytes exceeds the {limits.max_size}-byte limit", reason="size")
