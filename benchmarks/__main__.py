@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"{op} {figure.bar} {'ok' if ok else 'MISSED'}"
             if not ok:
                 failed.append(figure.name)
-        print(f"{figure.name:34} {figure.value:14.1f} {figure.unit:14} {baseline} {ratio}  {verdict}")
+        print(
+            f"{figure.name:34} {figure.value:14.1f} {figure.unit:14} {baseline} {ratio}  {verdict}"
+        )
     if args.json:
         payload = {
             "figures": {f.name: f.to_json() for f in context.figures},

@@ -18,7 +18,12 @@ BATCH = 100
 
 def node_value(i: int, generation: int = 0) -> dict[str, object]:
     """A realistic node record: small, mixed types."""
-    return {"status": "healthy", "version": f"1.{generation}.{i % 7}", "cpu": i % 100, "ready": True}
+    return {
+        "status": "healthy",
+        "version": f"1.{generation}.{i % 7}",
+        "cpu": i % 100,
+        "ready": True,
+    }
 
 
 def keys_and_values(n: int, generation: int = 0) -> list[tuple[str, dict[str, object]]]:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from hypothesis import strategies as st
 
 from souverix_crdt.hlc import MAX_LOGICAL, MAX_WALL, Timestamp
+from souverix_crdt.lww import LwwMap, Register, VersionRef
 from souverix_crdt.scope import MAX_DEPTH, ROOT_SEGMENT, Scope
 
 # --------------------------------------------------------------------------- clock
@@ -87,3 +89,38 @@ def plain_values(max_leaves: int = 20) -> st.SearchStrategy[Any]:
         ),
         max_leaves=max_leaves,
     )
+
+
+# --------------------------------------------------------------------------- registers
+
+#: A few writer ids, so registers of one key often come from the same writers.
+WRITERS = ("w-alpha", "w-bravo", "w-charlie", "w-delta", "w-echo")
+#: A narrow time range, so equal wall times (ties) are common.
+_close_timestamps = st.builds(Timestamp, st.integers(1_000, 1_004), st.integers(0, 3))
+
+
+def registers(writers: tuple[str, ...] = WRITERS) -> st.SearchStrategy[Any]:
+    """Registers with small, colliding timestamps and contexts over ``writers``."""
+    return st.builds(
+        Register,
+        value=plain_values(max_leaves=4),
+        hlc=_close_timestamps,
+        writer=st.sampled_from(writers),
+        version=st.integers(1, 5),
+        supersedes=st.none() | st.builds(VersionRef, st.sampled_from(writers), st.integers(1, 5)),
+        context=st.dictionaries(st.sampled_from(writers), _close_timestamps, max_size=3),
+        deleted=st.just(False),
+    )
+
+
+def tombstones_or_values(writers: tuple[str, ...] = WRITERS) -> st.SearchStrategy[Any]:
+    """Registers, a quarter of them tombstones (no value)."""
+    return st.tuples(registers(writers), st.integers(0, 3)).map(
+        lambda pair: attrs.evolve(pair[0], value=None, deleted=True) if pair[1] == 0 else pair[0]
+    )
+
+
+def lww_maps(writers: tuple[str, ...] = WRITERS) -> st.SearchStrategy[Any]:
+    """LwwMap states over a few keys of two collections."""
+    refs = st.tuples(st.sampled_from(["policies", "nodes"]), st.sampled_from(["k1", "k2", "k3"]))
+    return st.lists(st.tuples(refs, tombstones_or_values(writers)), max_size=8).map(LwwMap.of)

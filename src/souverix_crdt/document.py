@@ -55,6 +55,7 @@ __all__ = [
     "WriterDocument",
     "WriterPolicy",
     "client_id_for",
+    "decode_state_vector",
 ]
 
 #: The fixed root maps of every writer document.
@@ -158,13 +159,19 @@ class WriterDocument:
             # committed. Collect, and let apply() judge the entries afterwards.
             keys: dict[str, dict[str, Any]] = event.keys  # type: ignore[attr-defined]
             for key, change in keys.items():
-                new = change.get("newValue") if change.get("action") != "delete" else None
                 old = change.get("oldValue")
+                if change.get("action") == "delete":
+                    new_bytes = None
+                else:
+                    # Anything but bytes (a Yjs number, a nested type) is not a register; b""
+                    # never decodes, so it is counted and ignored like any invalid entry.
+                    new = change.get("newValue")
+                    new_bytes = bytes(new) if isinstance(new, bytes | bytearray) else b""
                 changes.append(
                     (
                         collection,
                         key,
-                        bytes(new) if isinstance(new, bytes | bytearray) else None,
+                        new_bytes,
                         bytes(old) if isinstance(old, bytes | bytearray) else None,
                     )
                 )
@@ -211,7 +218,8 @@ class WriterDocument:
                 leaves a gap. The document is unchanged.
         """
         try:
-            update_sv = decode_state_vector(pycrdt.get_state(update))
+            # get_state decodes the whole update: malformed bytes stop here, before the doc.
+            pycrdt.get_state(update)
         except BaseException as exc:  # pycrdt panics are BaseException
             if not isinstance(exc, Exception):
                 _reraise_if_fatal(exc)
@@ -221,14 +229,24 @@ class WriterDocument:
                 scope=str(self.scope),
                 writer=self.writer,
             ) from exc
-        foreign = set(update_sv) - {self.client_id}
-        if foreign:
-            raise InvalidUpdateError(
-                "update carries items of another client",
-                reason="foreign-client",
-                scope=str(self.scope),
-                writer=self.writer,
-            )
+        start = _update_start(update)
+        if start is not None:
+            client, clock = start
+            if client != self.client_id:
+                raise InvalidUpdateError(
+                    "update carries items of another client",
+                    reason="foreign-client",
+                    scope=str(self.scope),
+                    writer=self.writer,
+                )
+            current = decode_state_vector(self.doc.get_state()).get(self.client_id, 0)
+            if clock > current:
+                raise InvalidUpdateError(
+                    f"update starts at clock {clock} but the document is at {current} (gap)",
+                    reason="gap",
+                    scope=str(self.scope),
+                    writer=self.writer,
+                )
         self._changes.clear()
         # Map observers convert every changed entry to Python; they are attached only while a
         # remote update is applied, so local writes do not pay for them.
@@ -247,15 +265,35 @@ class WriterDocument:
         finally:
             for target, subscription in subscriptions:
                 target.unobserve(subscription)
-        wanted = update_sv.get(self.client_id, 0)
-        if wanted and decode_state_vector(self.doc.get_state()).get(self.client_id, 0) < wanted:
-            raise InvalidUpdateError(
-                "update does not continue the document (gap)",
-                reason="gap",
-                scope=str(self.scope),
-                writer=self.writer,
-            )
         return list(self._changes)
+
+
+def _update_start(update: bytes) -> tuple[int, int] | None:
+    """The (client, first clock) of a Yjs v1 update, or None if it holds no structs.
+
+    The header is ``clients, then per client: structs, client id, first clock``. Only one
+    client is allowed in a writer's update, so any other count is refused. (``get_state`` is no
+    help here: for an update that does not start at clock 0 it reports an empty state.)
+
+    Raises:
+        InvalidUpdateError: if the update names more than one client.
+    """
+    try:
+        clients, pos = _read_varuint(update, 0)
+        if clients == 0:
+            return None
+        if clients != 1:
+            raise InvalidUpdateError(
+                "update carries items of several clients", reason="foreign-client"
+            )
+        _structs, pos = _read_varuint(update, pos)
+        client, pos = _read_varuint(update, pos)
+        clock, pos = _read_varuint(update, pos)
+    except DecodeError as exc:
+        raise InvalidUpdateError(
+            "update header does not decode", reason="malformed-update"
+        ) from exc
+    return client, clock
 
 
 def _reraise_if_fatal(exc: BaseException) -> None:
@@ -597,6 +635,7 @@ class ScopeState:
         """
         if type(seq) is not int or seq < 1:
             raise InvalidUpdateError("sequence numbers start at 1", reason="seq", writer=writer)
+        created = writer not in self.documents
         doc = self.document(writer)
         if seq <= doc.seq:
             return []
@@ -611,7 +650,12 @@ class ScopeState:
                 )
             pending.setdefault(seq, update)
             return []
-        changed = self.apply_next(writer, update)
+        try:
+            changed = self.apply_next(writer, update)
+        except InvalidUpdateError:
+            if created:
+                del self.documents[writer]  # leave no trace of a writer that sent only garbage
+            raise
         waiting = self._pending.get(writer)
         while waiting:
             following = waiting.pop(doc.seq + 1, None)
