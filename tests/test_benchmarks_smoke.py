@@ -1,0 +1,31 @@
+"""The benchmark runner works end to end in its quick mode and writes the documented JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--repeats", "1", "--json", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    payload = json.loads(out.read_text())
+    assert payload["mode"] == "quick"
+    assert payload["machine"]["cpus"] >= 1
+    figures = payload["figures"]
+    for name in ("lww_write_ratio", "merge_ratio"):
+        figure = figures[name]
+        assert figure["value"] > 0
+        assert figure["baseline"] > 0
+        assert figure["ratio"] > 0
+        assert {"unit", "better"} <= set(figure)
