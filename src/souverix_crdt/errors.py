@@ -17,7 +17,10 @@ The tree, in short::
     │   ├── ClockSkewError           a remote timestamp too far ahead of the local clock
     │   └── ClockOverflowError       the logical counter reached its bound
     ├── AuthorityError               an envelope or delegation that is refused
-    │   ├── SignatureError, UntrustedKeyError, ScopeViolationError, CapabilityViolationError,
+    │   ├── UntrustedKeyError
+    │   │   └── UnknownDelegationError   not known yet: park as pending, retry later
+    │   ├── ForeignFleetError        another fleet's data: refused for good
+    │   ├── SignatureError, ScopeViolationError, CapabilityViolationError,
     │   ├── ExpiredError, NotYetValidError, RevokedError, RollbackError, EquivocationError,
     │   ├── MalformedEnvelopeError, TooLargeError, UnsupportedVersionError, QuorumError
     │   └── QuarantinedError         far-future envelope: kept aside, not applied, not forwarded
@@ -45,6 +48,7 @@ __all__ = [
     "DiskFullError",
     "EquivocationError",
     "ExpiredError",
+    "ForeignFleetError",
     "FrameTooLargeError",
     "InvalidScopeError",
     "InvalidUpdateError",
@@ -68,6 +72,7 @@ __all__ = [
     "TransportBrokenError",
     "TransportClosedError",
     "TransportError",
+    "UnknownDelegationError",
     "UnsupportedVersionError",
     "UntrustedKeyError",
 ]
@@ -188,6 +193,45 @@ class SignatureError(AuthorityError):
 
 class UntrustedKeyError(AuthorityError):
     """A key does not chain to a pinned root of the fleet."""
+
+
+class UnknownDelegationError(UntrustedKeyError):
+    """A delegation, or the writer key it names, is not known yet: the act may become valid.
+
+    This is the one refusal that is not final: the caller parks the envelope (or revocation) in
+    its pending area and re-evaluates it when what it lacks arrives.
+
+    Attributes:
+        missing: The digest (``bytes``) of the missing delegation, or the key id (``str``) of the
+            issuer whose delegation is missing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: bytes | str,
+        reason: str = "unknown-delegation",
+        scope: str = "",
+        writer: str = "",
+    ) -> None:
+        super().__init__(message, reason=reason, scope=scope, writer=writer)
+        self.missing = missing
+
+
+class ForeignFleetError(AuthorityError):
+    """An envelope, delegation or revocation belongs to another fleet; refused for good.
+
+    Deliberately not an :class:`UntrustedKeyError`: nothing that arrives later can make it valid,
+    so it must never be parked as pending.
+
+    Attributes:
+        fleet_id: The fleet id the refused object claimed.
+    """
+
+    def __init__(self, message: str, *, fleet_id: str, reason: str = "foreign-fleet") -> None:
+        super().__init__(message, reason=reason)
+        self.fleet_id = fleet_id
 
 
 class ScopeViolationError(AuthorityError):
