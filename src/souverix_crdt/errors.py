@@ -37,6 +37,11 @@ The tree, in short::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotation: envelope.py imports this module
+    from .envelope import EnvelopeHeader
+
 __all__ = [
     "AuthorityError",
     "CapabilityViolationError",
@@ -279,7 +284,27 @@ class QuorumError(AuthorityError):
 
 
 class QuarantinedError(AuthorityError):
-    """An envelope dated too far in the future was set aside: not applied, not forwarded."""
+    """An envelope dated too far in the future was set aside: not applied, not forwarded.
+
+    Attributes:
+        header: The envelope's header (its signature verified), so the caller can count
+            quarantined envelopes per writer; ``None`` when raised without one.
+        envelope_id: The envelope id, or ``b""`` when raised without one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "future",
+        scope: str = "",
+        writer: str = "",
+        header: EnvelopeHeader | None = None,
+        envelope_id: bytes = b"",
+    ) -> None:
+        super().__init__(message, reason=reason, scope=scope, writer=writer)
+        self.header = header
+        self.envelope_id = envelope_id
 
 
 # --------------------------------------------------------------------------- storage
