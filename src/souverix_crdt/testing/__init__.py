@@ -1,0 +1,1 @@
+"""Public testing helpers: deterministic fleets and signed fixtures, fault injection, checks."""
