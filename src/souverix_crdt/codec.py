@@ -61,30 +61,38 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
 
 
 def _check_structure(obj: Any, max_depth: int) -> None:
-    """Walk ``obj`` iteratively (no recursion): depth, key types, no foreign objects."""
+    """Walk ``obj`` iteratively (no recursion): depth, key types, no foreign objects.
+
+    Every decoded message passes through here, so the loop avoids generators and per-item
+    function calls. Leaves need no type check: extension types (msgpack's timestamp included)
+    are refused by the unpacker itself (``max_ext_len=0``), so only plain types can appear.
+    """
+    kind = type(obj)
+    if kind is not list and kind is not dict:
+        if kind not in _SCALARS:
+            raise DecodeError(f"type {kind.__name__} is not allowed", reason="type")
+        return
     stack: list[tuple[Any, int]] = [(obj, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is list:
-            if depth >= max_depth:
-                raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
-            stack.extend((child, depth + 1) for child in item if type(child) in _CONTAINERS)
-        elif kind is dict:
-            if depth >= max_depth:
-                raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
-            for key, value in item.items():
+        item, depth = pop()
+        if depth >= max_depth:
+            raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
+        if type(item) is dict:
+            for key in item:
                 if type(key) is not str:
                     raise DecodeError(
                         f"map keys must be str, got {type(key).__name__}", reason="map-key"
                     )
-                if type(value) in _CONTAINERS:
-                    stack.append((value, depth + 1))
-        elif kind not in _SCALARS:
-            raise DecodeError(f"type {kind.__name__} is not allowed", reason="type")
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            child_kind = type(child)
+            if child_kind is list or child_kind is dict:
+                push((child, depth + 1))
 
 
-_CONTAINERS: Final = frozenset({list, dict})
 _SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 
 
