@@ -217,18 +217,6 @@ class WriterDocument:
             InvalidUpdateError: if the update is malformed, carries another client's items or
                 leaves a gap. The document is unchanged.
         """
-        try:
-            # get_state decodes the whole update: malformed bytes stop here, before the doc.
-            pycrdt.get_state(update)
-        except BaseException as exc:  # pycrdt panics are BaseException
-            if not isinstance(exc, Exception):
-                _reraise_if_fatal(exc)
-            raise InvalidUpdateError(
-                f"update does not decode: {exc}",
-                reason="malformed-update",
-                scope=str(self.scope),
-                writer=self.writer,
-            ) from exc
         start = _update_start(update)
         if start is not None:
             client, clock = start
@@ -247,6 +235,20 @@ class WriterDocument:
                     scope=str(self.scope),
                     writer=self.writer,
                 )
+        try:
+            # get_state decodes the whole update: malformed bytes stop here, before the doc.
+            # It runs after the header checks, because a header announcing billions of clients
+            # makes it allocate for a second or more.
+            pycrdt.get_state(update)
+        except BaseException as exc:  # pycrdt panics are BaseException
+            if not isinstance(exc, Exception):
+                _reraise_if_fatal(exc)
+            raise InvalidUpdateError(
+                f"update does not decode: {exc}",
+                reason="malformed-update",
+                scope=str(self.scope),
+                writer=self.writer,
+            ) from exc
         self._changes.clear()
         # Map observers convert every changed entry to Python; they are attached only while a
         # remote update is applied, so local writes do not pay for them.
@@ -286,7 +288,11 @@ def _update_start(update: bytes) -> tuple[int, int] | None:
             raise InvalidUpdateError(
                 "update carries items of several clients", reason="foreign-client"
             )
-        _structs, pos = _read_varuint(update, pos)
+        structs, pos = _read_varuint(update, pos)
+        if structs > len(update):
+            raise InvalidUpdateError(
+                "update announces more structs than it holds", reason="malformed-update"
+            )
         client, pos = _read_varuint(update, pos)
         clock, pos = _read_varuint(update, pos)
     except DecodeError as exc:
