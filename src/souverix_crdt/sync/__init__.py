@@ -1,0 +1,1 @@
+"""The sync protocol: messages and the sans-IO session."""

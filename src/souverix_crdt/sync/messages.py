@@ -1,0 +1,281 @@
+"""Sync protocol messages: frozen values, and their strict encoding on the wire.
+
+A frame is one msgpack array ``[version, type, body]`` where ``body`` is a map with exactly the
+fields of that message type. Decoding goes through :func:`souverix_crdt.codec.decode` with the
+protocol's limits, then a strict schema check; anything else is a
+:class:`~souverix_crdt.errors.RemoteProtocolError` naming what was wrong.
+
+Frontiers travel as ``[scope, writer, seq, last envelope id]`` rows: one per (scope, writer)
+chain, so a handshake grows with the number of writers, never with the amount of state.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+
+from souverix_crdt.codec import Limits, decode, encode
+from souverix_crdt.errors import DecodeError, RemoteProtocolError
+
+__all__ = [
+    "MESSAGE_LIMITS",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "AuthorityItems",
+    "Checkpoint",
+    "Close",
+    "Envelopes",
+    "FrontierRow",
+    "Hello",
+    "Message",
+    "MessageType",
+    "decode_message",
+    "encode_message",
+]
+
+#: The protocol version this library speaks.
+PROTOCOL_VERSION: Final = 1
+
+#: Limits for decoding a frame: envelopes are bounded by the batch size and their own limits.
+MESSAGE_LIMITS: Final = Limits(
+    max_size=32 * 1024 * 1024,
+    max_depth=6,
+    max_str_len=4096,
+    max_bin_len=16 * 1024 * 1024,
+    max_array_len=200_000,
+    max_map_len=64,
+)
+
+
+class MessageType(enum.Enum):
+    """The kinds of message a session exchanges."""
+
+    HELLO = "hello"
+    ENVELOPES = "envelopes"
+    ACK = "ack"
+    AUTHORITY = "authority"
+    CHECKPOINT = "checkpoint"
+    CLOSE = "close"
+
+
+@attrs.frozen
+class FrontierRow:
+    """How far one writer's chain in one scope goes: its last sequence number and envelope id."""
+
+    scope: str
+    writer: str
+    seq: int
+    last: bytes = b""
+
+
+@attrs.frozen
+class Hello:
+    """Opens a session: who we are, what we want, and how far we are.
+
+    Attributes:
+        fleet_id: The fleet; a peer of another fleet is refused.
+        replica: A human-readable replica name (for status and sync debt).
+        key_id: The replica's signing key id.
+        chain: The replica's delegation chain, root first (encoded delegations).
+        interest: Scope paths whose data the replica wants (its subtree roots).
+        frontiers: For every chain in those scopes, how far the replica has it.
+    """
+
+    fleet_id: str
+    replica: str
+    key_id: str
+    chain: tuple[bytes, ...]
+    interest: tuple[str, ...]
+    frontiers: tuple[FrontierRow, ...]
+
+
+@attrs.frozen
+class Envelopes:
+    """A batch of envelopes, each exactly as signed, at most ``batch_size`` of them."""
+
+    items: tuple[bytes, ...]
+
+
+@attrs.frozen
+class Ack:
+    """Frontiers after applying what arrived; also re-requests whatever lies beyond them."""
+
+    frontiers: tuple[FrontierRow, ...]
+
+
+@attrs.frozen
+class AuthorityItems:
+    """Delegations, revocations and equivocation proofs (pairs of envelopes)."""
+
+    delegations: tuple[bytes, ...] = ()
+    revocations: tuple[bytes, ...] = ()
+    proofs: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@attrs.frozen
+class Checkpoint:
+    """A writer's signed snapshot, for a peer that is behind the compacted log."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Close:
+    """The sender ends the session, saying why."""
+
+    reason: str
+
+
+Message = Hello | Envelopes | Ack | AuthorityItems | Checkpoint | Close
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _rows(rows: tuple[FrontierRow, ...]) -> list[list[Any]]:
+    return [[r.scope, r.writer, r.seq, r.last] for r in rows]
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode a message as one frame."""
+    body: dict[str, Any]
+    if isinstance(message, Hello):
+        kind = MessageType.HELLO
+        body = {
+            "fleet": message.fleet_id,
+            "replica": message.replica,
+            "key": message.key_id,
+            "chain": list(message.chain),
+            "interest": list(message.interest),
+            "frontiers": _rows(message.frontiers),
+        }
+    elif isinstance(message, Envelopes):
+        kind, body = MessageType.ENVELOPES, {"items": list(message.items)}
+    elif isinstance(message, Ack):
+        kind, body = MessageType.ACK, {"frontiers": _rows(message.frontiers)}
+    elif isinstance(message, AuthorityItems):
+        kind = MessageType.AUTHORITY
+        body = {
+            "delegations": list(message.delegations),
+            "revocations": list(message.revocations),
+            "proofs": [list(p) for p in message.proofs],
+        }
+    elif isinstance(message, Checkpoint):
+        kind, body = MessageType.CHECKPOINT, {"data": message.data}
+    else:
+        kind, body = MessageType.CLOSE, {"reason": message.reason}
+    return encode([PROTOCOL_VERSION, kind.value, body])
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _fail(message: str, reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reason=reason)
+
+
+def _str(value: object, what: str) -> str:
+    if type(value) is not str:
+        raise _fail(f"{what} must be a string", "schema")
+    return value
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise _fail(f"{what} must be bytes", "schema")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if type(value) is not list:
+        raise _fail(f"{what} must be a list", "schema")
+    return value
+
+
+def _frontiers(value: object) -> tuple[FrontierRow, ...]:
+    rows = []
+    for row in _list(value, "frontiers"):
+        if type(row) is not list or len(row) != 4:
+            raise _fail("frontier rows are [scope, writer, seq, last]", "schema")
+        scope, writer, seq, last = row
+        if type(seq) is not int or seq < 0:
+            raise _fail("frontier seq must be a non-negative int", "schema")
+        rows.append(
+            FrontierRow(_str(scope, "scope"), _str(writer, "writer"), seq, _bytes(last, "last"))
+        )
+    return tuple(rows)
+
+
+def _hello(body: Mapping[str, Any]) -> Hello:
+    return Hello(
+        fleet_id=_str(body["fleet"], "fleet"),
+        replica=_str(body["replica"], "replica"),
+        key_id=_str(body["key"], "key"),
+        chain=tuple(_bytes(item, "chain item") for item in _list(body["chain"], "chain")),
+        interest=tuple(_str(item, "interest") for item in _list(body["interest"], "interest")),
+        frontiers=_frontiers(body["frontiers"]),
+    )
+
+
+def _authority(body: Mapping[str, Any]) -> AuthorityItems:
+    proofs = []
+    for proof in _list(body["proofs"], "proofs"):
+        if type(proof) is not list or len(proof) != 2:
+            raise _fail("a proof is a pair of envelopes", "schema")
+        proofs.append((_bytes(proof[0], "proof"), _bytes(proof[1], "proof")))
+    return AuthorityItems(
+        delegations=tuple(_bytes(d, "delegation") for d in _list(body["delegations"], "d")),
+        revocations=tuple(_bytes(r, "revocation") for r in _list(body["revocations"], "r")),
+        proofs=tuple(proofs),
+    )
+
+
+_SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], Message]]]] = {
+    MessageType.HELLO.value: (
+        frozenset({"fleet", "replica", "key", "chain", "interest", "frontiers"}),
+        _hello,
+    ),
+    MessageType.ENVELOPES.value: (
+        frozenset({"items"}),
+        lambda b: Envelopes(tuple(_bytes(i, "envelope") for i in _list(b["items"], "items"))),
+    ),
+    MessageType.ACK.value: (frozenset({"frontiers"}), lambda b: Ack(_frontiers(b["frontiers"]))),
+    MessageType.AUTHORITY.value: (
+        frozenset({"delegations", "revocations", "proofs"}),
+        _authority,
+    ),
+    MessageType.CHECKPOINT.value: (
+        frozenset({"data"}),
+        lambda b: Checkpoint(_bytes(b["data"], "data")),
+    ),
+    MessageType.CLOSE.value: (frozenset({"reason"}), lambda b: Close(_str(b["reason"], "reason"))),
+}
+
+
+def decode_message(frame: bytes, limits: Limits = MESSAGE_LIMITS) -> Message:
+    """Decode one frame from a peer.
+
+    Raises:
+        RemoteProtocolError: ``reason="version"`` for another protocol version,
+            ``reason="unknown-message"`` for a type this version does not know, and
+            ``reason="malformed"`` or ``"schema"`` for anything else that is wrong.
+    """
+    try:
+        obj = decode(frame, limits)
+    except DecodeError as exc:
+        raise _fail(f"frame does not decode: {exc}", "malformed") from exc
+    if type(obj) is not list or len(obj) != 3:
+        raise _fail("a frame is [version, type, body]", "malformed")
+    version, kind, body = obj
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise _fail(f"protocol version {version!r} is not supported", "version")
+    schema = _SCHEMAS.get(kind) if type(kind) is str else None
+    if schema is None:
+        raise _fail(f"unknown message type {kind!r}", "unknown-message")
+    keys, build = schema
+    if type(body) is not dict or set(body) != keys:
+        raise _fail(f"{kind} body must have exactly the fields {sorted(keys)}", "schema")
+    return build(body)
