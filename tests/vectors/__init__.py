@@ -1,0 +1,1 @@
+"""Test vectors for delegations, revocations and envelopes, and the script that writes them."""
