@@ -63,6 +63,7 @@ Revocations and the cascade rule
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 import types
@@ -250,22 +251,33 @@ def _check_public_key(raw: object) -> bytes:
     """
     if type(raw) is not bytes or len(raw) != PUBLIC_KEY_SIZE:
         raise _malformed(f"a public key is {PUBLIC_KEY_SIZE} bytes", "public-key")
+    problem = _public_key_problem(raw)
+    if problem is not None:
+        message, reason = problem
+        raise _malformed(message, reason)
+    return raw
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key_problem(raw: bytes) -> tuple[str, str] | None:
+    # Two 255-bit modular exponentiations cost ~100 us in Python; a fleet has few keys and
+    # every delegation repeats them, so the verdict (a pure function of the bytes) is cached.
     encoded = int.from_bytes(raw, "little")
     y = encoded & ((1 << 255) - 1)
     x_is_odd = encoded >> 255
     if y >= _P:
-        raise _malformed("public key is not canonically encoded", "public-key-encoding")
+        return "public key is not canonically encoded", "public-key-encoding"
     y2 = y * y % _P
     # d is not a square mod p, so d*y^2 + 1 is never 0 and the inverse exists.
     x2 = (y2 - 1) * pow(_D * y2 + 1, -1, _P) % _P
     if x2 == 0:
         if x_is_odd:
-            raise _malformed("public key is not canonically encoded", "public-key-encoding")
+            return "public key is not canonically encoded", "public-key-encoding"
     elif pow(x2, (_P - 1) // 2, _P) != 1:
-        raise _malformed("public key is not a point on the curve", "public-key-point")
+        return "public key is not a point on the curve", "public-key-point"
     if raw in SMALL_ORDER_ENCODINGS:
-        raise _malformed("public key has small order", "public-key-weak")
-    return raw
+        return "public key has small order", "public-key-weak"
+    return None
 
 
 def _check_timestamp(value: object, *, what: str) -> Timestamp:
