@@ -124,3 +124,24 @@ def lww_maps(writers: tuple[str, ...] = WRITERS) -> st.SearchStrategy[Any]:
     """LwwMap states over a few keys of two collections."""
     refs = st.tuples(st.sampled_from(["policies", "nodes"]), st.sampled_from(["k1", "k2", "k3"]))
     return st.lists(st.tuples(refs, tombstones_or_values(writers)), max_size=8).map(LwwMap.of)
+
+
+# --------------------------------------------------------------------------- hostile bytes
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, valid: bytes, max_edits: int = 4) -> bytes:
+    """``valid`` after 1 to ``max_edits`` random edits: flip, insert, delete or truncate."""
+    mutated = bytearray(valid)
+    for _ in range(draw(st.integers(1, max_edits))):
+        action = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        offset = draw(st.integers(0, max(len(mutated) - 1, 0)))
+        if action == "flip" and mutated:
+            mutated[offset] ^= draw(st.integers(1, 255))
+        elif action == "insert":
+            mutated[offset:offset] = draw(st.binary(min_size=1, max_size=4))
+        elif action == "delete" and mutated:
+            del mutated[offset]
+        else:
+            del mutated[offset:]
+    return bytes(mutated)
