@@ -20,6 +20,8 @@ from souverix_crdt.envelope import (
     EnvelopeHeader,
     SealedEnvelope,
     VerifiedEnvelope,
+    chain_id,
+    chain_writer,
     open_envelope,
     read_header,
     seal,
@@ -570,3 +572,29 @@ def test_fuzz_open_envelope_structured_headers(changes: dict[str, Any], keep_res
     header = {**header_map(_VALID), **changes} if keep_rest else changes
     data = rebuild(_VALID, header=header)
     assert_only_typed_errors(lambda: open_(data))
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def test_epoch_names_a_separate_chain_and_is_signed() -> None:
+    fleet = make_fleet()
+    edge = fleet["edge-a1"]
+    authority = fleet.authority()
+    first = open_envelope(
+        edge.seal(epoch=0).data, authority, physical_now=NOW, max_offset=MAX_OFFSET
+    )
+    second = open_envelope(
+        edge.seal(epoch=0x1F).data, authority, physical_now=NOW, max_offset=MAX_OFFSET
+    )
+    assert first.header.chain == chain_id(edge.key_id, 0)
+    assert second.header.chain == f"{edge.key_id}~1f"
+    assert chain_writer(second.header.chain) == edge.key_id
+    assert first.id != second.id
+
+
+@pytest.mark.parametrize("epoch", [-1, 2**63, True, "1"])
+def test_bad_epochs_are_malformed(epoch: object) -> None:
+    fleet = make_fleet()
+    with pytest.raises(MalformedEnvelopeError):
+        fleet["edge-a1"].seal(epoch=epoch)  # type: ignore[arg-type]

@@ -74,10 +74,13 @@ from .scope import Scope
 __all__ = [
     "ENVELOPE_DOMAIN",
     "ENVELOPE_VERSION",
+    "MAX_EPOCH",
     "MAX_SEQ",
     "EnvelopeHeader",
     "SealedEnvelope",
     "VerifiedEnvelope",
+    "chain_id",
+    "chain_writer",
     "envelope_id",
     "open_envelope",
     "read_header",
@@ -91,9 +94,26 @@ ENVELOPE_VERSION: Final = 1
 ENVELOPE_DOMAIN: Final = b"souverix-crdt/envelope/v1\x00"
 #: Largest sequence number.
 MAX_SEQ: Final = MAX_SERIAL
+#: Largest writer epoch.
+MAX_EPOCH: Final = 2**63 - 1
+
+
+def chain_id(writer: str, epoch: int) -> str:
+    """The id of one writer incarnation's chain: ``"<key id>~<epoch in hex>"``.
+
+    Sequence numbers, previous-envelope hashes and the Yjs writer document all belong to a
+    chain, so two incarnations of one key never collide.
+    """
+    return f"{writer}~{epoch:x}"
+
+
+def chain_writer(chain: str) -> str:
+    """The key id part of a chain id."""
+    return chain.partition("~")[0]
+
 
 _HEADER_KEYS: Final = frozenset(
-    {"v", "fleet", "scope", "writer", "seq", "prev", "hlc", "sv", "delegation"}
+    {"v", "fleet", "scope", "writer", "epoch", "seq", "prev", "hlc", "sv", "delegation"}
 )
 
 
@@ -118,6 +138,9 @@ class EnvelopeHeader:
         hlc: The transaction's hybrid logical timestamp.
         state_vector: The writer document's state vector after this update.
         delegation: Digest of the writer's leaf delegation (names its one chain).
+        epoch: The writer process's incarnation: a process that restarts (perhaps from an old
+            copy of its database) starts a new chain, so it can never reuse a sequence number
+            or a Yjs client clock it already published.
         version: The envelope format version.
     """
 
@@ -129,7 +152,13 @@ class EnvelopeHeader:
     hlc: Timestamp
     state_vector: bytes
     delegation: bytes
+    epoch: int = 0
     version: int = ENVELOPE_VERSION
+
+    @property
+    def chain(self) -> str:
+        """The id of the writer's chain this envelope extends (see :func:`chain_id`)."""
+        return chain_id(self.writer, self.epoch)
 
     def __attrs_post_init__(self) -> None:
         check_fleet_id(self.fleet_id)
@@ -148,6 +177,8 @@ class EnvelopeHeader:
             raise _malformed("hlc must be a Timestamp", "hlc")
         if type(self.state_vector) is not bytes:
             raise _malformed("state_vector must be bytes", "state-vector")
+        if type(self.epoch) is not int or not 0 <= self.epoch <= MAX_EPOCH:
+            raise _malformed(f"epoch must be an integer in [0, {MAX_EPOCH}]", "epoch")
         if type(self.delegation) is not bytes or len(self.delegation) != DIGEST_SIZE:
             raise _malformed(f"delegation must be a {DIGEST_SIZE}-byte digest", "delegation")
         if self.version != ENVELOPE_VERSION or type(self.version) is not int:
@@ -162,6 +193,7 @@ class EnvelopeHeader:
             "fleet": self.fleet_id,
             "scope": str(self.scope),
             "writer": self.writer,
+            "epoch": self.epoch,
             "seq": self.seq,
             "prev": self.prev,
             "hlc": self.hlc.to_list(),
@@ -207,6 +239,7 @@ class EnvelopeHeader:
                 fleet_id=obj["fleet"],
                 scope=Scope.parse(obj["scope"]),
                 writer=obj["writer"],
+                epoch=obj["epoch"],
                 seq=obj["seq"],
                 prev=obj["prev"],
                 hlc=Timestamp(hlc[0], hlc[1]),
@@ -265,6 +298,7 @@ def seal(
     state_vector: bytes,
     delegation_digest: bytes,
     payload: bytes,
+    epoch: int = 0,
 ) -> SealedEnvelope:
     """Sign one transaction of ``signing_key``'s writer into an envelope.
 
@@ -286,6 +320,7 @@ def seal(
         hlc=hlc,
         state_vector=state_vector,
         delegation=delegation_digest,
+        epoch=epoch,
     )
     header_bytes = header.encode()
     signature = signing_key.sign(signed_message(ALGORITHM, fleet_id, header_bytes, payload))

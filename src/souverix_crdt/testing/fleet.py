@@ -132,6 +132,7 @@ class Member:
         state_vector: bytes = b"",
         delegation_digest: bytes | None = None,
         fleet_id: str | None = None,
+        epoch: int = 0,
     ) -> SealedEnvelope:
         """Seal an envelope as this member (defaults: its own scope, ``NOW``, its leaf)."""
         return seal(
@@ -144,6 +145,7 @@ class Member:
             state_vector=state_vector,
             delegation_digest=self.digest if delegation_digest is None else delegation_digest,
             payload=payload,
+            epoch=epoch,
         )
 
     def writer(self, scope: Scope | str | None = None) -> EnvelopeWriter:
