@@ -226,6 +226,16 @@ class Clock:
         if remote > self._last:
             self._advance(remote)
 
+    def rewind(self, stamp: Timestamp) -> None:
+        """Undo timestamps issued after ``stamp`` that were never published.
+
+        Only for a write whose durable commit failed: its timestamp never left the process,
+        so issuing it again later cannot reorder anything anyone has seen.
+        """
+        self._last = stamp
+        if self._on_advance is not None:
+            self._on_advance(stamp)
+
     @staticmethod
     def _next_logical(logical: int) -> int:
         if logical >= MAX_LOGICAL:

@@ -1,0 +1,1094 @@
+"""The replica: the one object a control-plane service holds.
+
+A :class:`Replica` ties together an identity (signing key and delegation chain), the fleet's
+trust anchors and what it knows of delegations and revocations (:class:`Authority`), a hybrid
+logical clock, the merged documents (:class:`~souverix_crdt.document.FleetState`) and a durable
+:class:`~souverix_crdt.store.Store`.
+
+Writing
+    A local transaction becomes one pycrdt update in this process's writer document, sealed into
+    one envelope, committed to the store together with its outbox entries and the HLC high-water
+    mark, and only then acknowledged with a :class:`Receipt`. If the commit fails, the document
+    is rebuilt from the log and the clock rewound: the caller gets a typed error, no receipt, and
+    nothing changed.
+
+Receiving
+    :meth:`Replica.ingest_many` verifies each envelope (signature, chain, scope, revocation,
+    clock bound), then orders it within its writer's chain: duplicates are ignored, early
+    arrivals wait in the pending area until the gap fills, a second envelope for a sequence
+    number already held is an equivocation, and an envelope whose delegation is unknown waits
+    until the delegation arrives. Envelopes dated beyond ``now + max_offset`` are quarantined:
+    not applied, not forwarded, the clock unchanged; they are looked at again by :meth:`tick`.
+
+Chains and epochs
+    Each process incarnation writes under a fresh random *epoch*, so its chain id is
+    ``"<key id>~<epoch>"``. A replica restarted from an old copy of its database therefore
+    never reuses a sequence number or a Yjs client clock it already published.
+
+Decisions that arrive late
+    A revocation or an equivocation proof that arrives after the envelopes it judges is applied
+    by rebuilding that one chain's document from its log without the envelopes that no longer
+    count, so every replica ends in the same state whatever order it learned things in.
+    Equivocation rule: once two different envelopes are known for one (scope, chain, seq), every
+    envelope of that chain from that seq on stops counting, everywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import attrs
+
+from .authority import (
+    COLLECTION_CAPABILITY,
+    Authority,
+    Delegation,
+    Grant,
+    Revocation,
+    SigningKey,
+    TrustAnchors,
+)
+from .authority import verify_chain as _verify_chain
+from .codec import decode, encode, encode_canonical
+from .conflicts import ConflictRecord
+from .document import COLLECTIONS, Change, FleetState, WriteOp
+from .envelope import (
+    EnvelopeHeader,
+    VerifiedEnvelope,
+    chain_id,
+    chain_writer,
+    open_envelope,
+    read_header,
+    seal,
+)
+from .errors import (
+    AuthorityError,
+    DecodeError,
+    EquivocationError,
+    InvalidUpdateError,
+    QuarantinedError,
+    SouverixError,
+    StoreError,
+    TooLargeError,
+    UnknownDelegationError,
+)
+from .handles import ScopeHandle, Transaction, change_stream
+from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
+from .lww import Strategy
+from .scope import Autonomy, Scope
+from .store.base import Batch, OutboxEntry, OutboxStats, Store, StoredEnvelope, StoredItem
+
+__all__ = [
+    "Identity",
+    "IngestOutcome",
+    "IngestResult",
+    "Receipt",
+    "Replica",
+    "ReplicaStatus",
+    "SyncDebt",
+]
+
+#: Items held in the pending area before new ones are refused.
+DEFAULT_MAX_PENDING: Final = 10_000
+
+_EQUIVOCATION_META: Final = "equivocation:"
+
+
+@attrs.frozen
+class Identity:
+    """Who a replica writes as: its signing key and its delegation chain, root first.
+
+    Attributes:
+        signing_key: The private key (never shown in ``repr``).
+        chain: The delegations from a root to this key, the leaf last.
+    """
+
+    signing_key: SigningKey = attrs.field(repr=False)
+    chain: tuple[Delegation, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if not self.chain:
+            raise ValueError("an identity needs a delegation chain")
+        if self.chain[-1].subject.key_id != self.signing_key.key_id:
+            raise ValueError("the chain's leaf is not delegated to this signing key")
+
+    @property
+    def key_id(self) -> str:
+        """The signing key's id."""
+        return self.signing_key.key_id
+
+    @property
+    def leaf(self) -> Delegation:
+        """The delegation this key writes under."""
+        return self.chain[-1]
+
+    @property
+    def scope(self) -> Scope:
+        """The subtree this identity is master of record for."""
+        return self.leaf.scope
+
+
+@attrs.frozen
+class Receipt:
+    """Proof that a local transaction is durable.
+
+    Attributes:
+        envelope_id: Id of the envelope that carries it.
+        scope: The scope written.
+        chain: The writer chain (``key id~epoch``).
+        seq: Its sequence number in that chain.
+        hlc: The transaction's timestamp.
+    """
+
+    envelope_id: bytes
+    scope: str
+    chain: str
+    seq: int
+    hlc: Timestamp
+
+
+class IngestOutcome(enum.Enum):
+    """What happened to one received envelope."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    PENDING = "pending"
+    QUARANTINED = "quarantined"
+    REJECTED = "rejected"
+    EQUIVOCATION = "equivocation"
+
+
+@attrs.frozen
+class IngestResult:
+    """The outcome of one received envelope, with the typed error when it was refused."""
+
+    outcome: IngestOutcome
+    envelope_id: bytes = b""
+    scope: str = ""
+    chain: str = ""
+    seq: int = 0
+    error: SouverixError | None = None
+
+
+@attrs.frozen
+class SyncDebt:
+    """How far one peer is behind this replica.
+
+    Attributes:
+        envelopes: Envelopes not acknowledged.
+        bytes: Their total size.
+        oldest_age_ms: Age of the oldest one, in milliseconds (0 when there is no debt).
+    """
+
+    envelopes: int
+    bytes: int
+    oldest_age_ms: int
+
+    def to_json(self) -> dict[str, int]:
+        """A JSON-serialisable form."""
+        return {
+            "envelopes": self.envelopes,
+            "bytes": self.bytes,
+            "oldest_age_ms": self.oldest_age_ms,
+        }
+
+
+@attrs.frozen
+class ReplicaStatus:
+    """A snapshot of a replica's health, for operators and views.
+
+    Attributes:
+        name: The replica's name.
+        key_id: Its signing key id.
+        chain: Its current writer chain.
+        durability: The store's durability (``full`` unless explicitly weakened).
+        frontiers: ``"scope|chain"`` → last sequence number applied.
+        pending: Items waiting in the pending area.
+        quarantined: Quarantined envelopes per writer key id.
+        equivocators: ``"scope|chain"`` → the first sequence number that stopped counting.
+        sync_debt: Per peer, what it has not acknowledged.
+        hlc: The clock's high-water mark.
+    """
+
+    name: str
+    key_id: str
+    chain: str
+    durability: str
+    frontiers: dict[str, int]
+    pending: int
+    quarantined: dict[str, int]
+    equivocators: dict[str, int]
+    sync_debt: dict[str, SyncDebt]
+    hlc: Timestamp
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form."""
+        return {
+            "name": self.name,
+            "key_id": self.key_id,
+            "chain": self.chain,
+            "durability": self.durability,
+            "frontiers": self.frontiers,
+            "pending": self.pending,
+            "quarantined": self.quarantined,
+            "equivocators": self.equivocators,
+            "sync_debt": {peer: debt.to_json() for peer, debt in self.sync_debt.items()},
+            "hlc": str(self.hlc),
+        }
+
+
+@attrs.define
+class _Chain:
+    """Bookkeeping for one (scope, chain): how far it is applied and what waits."""
+
+    seq: int = 0
+    last_id: bytes = b""
+    pending: dict[int, tuple[bytes, bytes]] = attrs.field(factory=dict)  # seq -> (id, data)
+    cut_from: int | None = None  # equivocation: this seq and later do not count
+
+
+@attrs.define
+class _Step:
+    """What one ingest call accumulates before its single durable commit."""
+
+    source: str | None
+    batch: Batch = attrs.field(factory=Batch)
+    touched: set[tuple[Scope, str]] = attrs.field(factory=set)
+    accepted: list[tuple[StoredEnvelope, str | None]] = attrs.field(factory=list)
+    unacked: list[tuple[str, tuple[Scope, str], int, bytes]] = attrs.field(factory=list)
+    changes: list[tuple[Scope, list[tuple[str, str]]]] = attrs.field(factory=list)
+
+
+class _GrantPolicy:
+    """Writer policy over chains: rank and collection rights from each chain's grant."""
+
+    def __init__(self) -> None:
+        self.grants: dict[str, Grant] = {}
+
+    def rank(self, writer: str) -> int:
+        grant = self.grants.get(writer)
+        return 0 if grant is None else grant.rank
+
+    def allows(self, writer: str, collection: str) -> bool:
+        grant = self.grants.get(writer)
+        return grant is not None and grant.allows_collection(collection)
+
+
+Key = tuple[Scope, str]
+
+
+class Replica:
+    """One control plane's replica of the fleet state.
+
+    Args:
+        identity: Signing key and delegation chain.
+        anchors: The fleet's pinned root keys.
+        store: Durable storage (SQLite by default in services, memory in tests).
+        name: A readable name (status, sync debt, logs).
+        wall_clock: Physical time in milliseconds; the only time source.
+        max_offset: How far ahead of local time a remote timestamp may be, in milliseconds.
+        history_limit: Registers kept per key in history.
+        max_pending: Items the pending area holds before refusing more.
+        epoch: This incarnation's epoch (random by default; tests inject one).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        anchors: TrustAnchors,
+        store: Store,
+        *,
+        name: str = "",
+        wall_clock: Callable[[], int] = system_wall_clock,
+        max_offset: int = DEFAULT_MAX_OFFSET_MS,
+        history_limit: int = 16,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        epoch: int | None = None,
+    ) -> None:
+        self.identity = identity
+        self.anchors = anchors
+        self.fleet_id = anchors.fleet_id
+        self.store = store
+        self.name = name or identity.scope.name
+        self.max_pending = max_pending
+        self.epoch = secrets.randbits(62) if epoch is None else epoch
+        self.chain = chain_id(identity.key_id, self.epoch)
+        self.authority = Authority(anchors)
+        self.policy = _GrantPolicy()
+        self.fleet = FleetState(
+            strategy_for=self._strategy_for, policy=self.policy, history_limit=history_limit
+        )
+        self._chains: dict[Key, _Chain] = {}
+        self._delegation_pending: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, reason)
+        self._quarantine: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, writer)
+        self._quarantined_by_writer: dict[str, int] = {}
+        self._peers: dict[str, tuple[Scope, ...]] = {}
+        self._unacked: dict[str, dict[Key, deque[tuple[int, bytes]]]] = {}
+        self._envelope_listeners: list[Callable[[StoredEnvelope, str | None], None]] = []
+        self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
+        self.clock = Clock(wall_clock, max_offset=max_offset, floor=store.hlc())
+        self._load()
+
+    # ================================================================== loading
+
+    def _load(self) -> None:
+        for delegation in self.identity.chain:
+            self.authority.add_delegation(delegation)
+        for item in self.store.delegations():
+            self._learn_delegation(item.data)
+        for item in self.store.revocations():
+            self._learn_revocation(item.data)
+        self._own_grant_at(self.clock.last)  # the identity must verify against the anchors
+        for scope_path, chain, seq, first, second in self._stored_proofs():
+            self._proofs[(Scope.parse(scope_path), chain)] = (seq, first, second)
+            self._chain((Scope.parse(scope_path), chain)).cut_from = seq
+        for stored in self.store.iter_envelopes():
+            key = (Scope.parse(stored.scope), stored.writer)
+            state = self._chain(key)
+            if state.cut_from is not None and stored.seq >= state.cut_from:
+                continue
+            if stored.seq != state.seq + 1:
+                continue  # a later part of a chain whose earlier part was cut
+            self._replay(key, stored)
+        for item in self.store.pending():
+            self._delegation_pending[item.id] = (item.data, item.reason)
+        for item in self.store.quarantine():
+            self._quarantine[item.id] = (item.data, item.writer)
+            self._quarantined_by_writer[item.writer] = (
+                self._quarantined_by_writer.get(item.writer, 0) + 1
+            )
+        self._load_outbox()
+        # Gap-pending envelopes live in the pending area too; sort them back into their chains.
+        for item_id, (data, reason) in list(self._delegation_pending.items()):
+            if reason == "gap":
+                header = read_header(data)
+                key = (header.scope, header.chain)
+                self._chain(key).pending[header.seq] = (item_id, data)
+                del self._delegation_pending[item_id]
+
+    def _load_outbox(self) -> None:
+        for peer in self.store.peers():
+            for entry in self.store.outbox(peer, limit=1_000_000):
+                queued = self.store.envelope(entry.envelope_id)
+                if queued is not None:
+                    key = (Scope.parse(queued.scope), queued.writer)
+                    queue = self._unacked.setdefault(peer, {}).setdefault(key, deque())
+                    queue.append((queued.seq, queued.id))
+
+    def _replay(self, key: Key, stored: StoredEnvelope) -> bool:
+        """Re-apply a stored envelope while loading or rebuilding; False if it no longer counts."""
+        try:
+            verified = open_envelope(
+                stored.data,
+                self.authority,
+                physical_now=max(self.clock.physical(), stored.hlc.wall),
+                max_offset=self.clock.max_offset,
+            )
+        except SouverixError:
+            return False  # revoked since, or no longer verifiable: it stops counting here
+        state = self._chain(key)
+        self.policy.grants[key[1]] = verified.grant
+        self.fleet.scope(key[0]).receive(key[1], stored.seq, verified.payload)
+        state.seq, state.last_id = stored.seq, stored.id
+        if stored.hlc > self.clock.last:
+            self.clock.observe(stored.hlc)
+        return True
+
+    def _stored_proofs(self) -> Iterator[tuple[str, str, int, bytes, bytes]]:
+        raw = self.store.meta(_EQUIVOCATION_META + "index")
+        if raw is None:
+            return
+        for entry in decode(raw):
+            scope_path, chain = entry
+            value = self.store.meta(f"{_EQUIVOCATION_META}{scope_path}|{chain}")
+            if value is not None:
+                seq, first, second = decode(value)
+                yield scope_path, chain, seq, first, second
+
+    # ================================================================== identity and policy
+
+    def _own_grant_at(self, at: Timestamp) -> Grant:
+        return _verify_chain(
+            self.anchors, self.identity.chain, at=max(at, self.identity.leaf.not_before)
+        )
+
+    def _strategy_for(self, scope: Scope) -> Strategy:
+        # The master of record's autonomy decides: a conditional scope lets a higher authority
+        # win concurrent writes after reconnecting.
+        for delegation in self.authority.delegations():
+            if delegation.scope == scope and delegation.autonomy is Autonomy.CONDITIONAL:
+                return Strategy.AUTHORITY_PRECEDENCE
+        return Strategy.LAST_WRITER_WINS
+
+    def _refresh_strategies(self) -> None:
+        for scope, state in self.fleet.scopes.items():
+            strategy = self._strategy_for(scope)
+            if strategy is not state.strategy:
+                state.strategy = strategy
+                state.rebuild_index()
+
+    def _chain(self, key: Key) -> _Chain:
+        state = self._chains.get(key)
+        if state is None:
+            state = self._chains[key] = _Chain()
+        return state
+
+    # ================================================================== reading
+
+    def scope(self, path: Scope | str) -> ScopeHandle:
+        """A handle to read and write one scope."""
+        return ScopeHandle(self, Scope.parse(path))
+
+    def transaction(self, path: Scope | str) -> Transaction:
+        """Batch several writes to one scope into one envelope: ``with replica.transaction(s)``."""
+        return Transaction(self, Scope.parse(path))
+
+    def get(self, scope: Scope | str, collection: str, key: str, default: Any = None) -> Any:
+        """The scope's own visible value for a key."""
+        target = Scope.parse(scope)
+        state = self.fleet.scopes.get(target)
+        return default if state is None else state.get(collection, key, default)
+
+    def effective(self, scope: Scope | str, collection: str, key: str, default: Any = None) -> Any:
+        """The value in force at ``scope``: its own, else the nearest ancestor's."""
+        return self.fleet.effective(scope, collection, key, default)
+
+    def conflicts(self) -> list[ConflictRecord]:
+        """The audit log of settled conflicts, in canonical order."""
+        return self.fleet.conflicts.records()
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every non-empty scope's visible values (sorted)."""
+        view: dict[str, dict[str, dict[str, Any]]] = {}
+        for scope, collections in self.fleet.snapshot().items():
+            kept = {name: values for name, values in collections.items() if values}
+            if kept:
+                view[scope] = kept
+        return view
+
+    def digest(self) -> str:
+        """A canonical digest of the materialised state: equal on converged replicas."""
+        return hashlib.sha256(encode_canonical(self.snapshot())).hexdigest()
+
+    # ================================================================== subscriptions
+
+    def on_change(self, callback: Callable[[Sequence[Change]], None]) -> Callable[[], None]:
+        """Call ``callback`` with each batch of winner changes; returns an unsubscribe function."""
+        return self.fleet.subscribe(callback)
+
+    def on_conflict(self, callback: Callable[[ConflictRecord], None]) -> Callable[[], None]:
+        """Call ``callback`` for every new conflict record; returns an unsubscribe function."""
+        return self.fleet.subscribe_conflicts(callback)
+
+    def on_envelope(
+        self, callback: Callable[[StoredEnvelope, str | None], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(envelope, source)`` for every envelope made or accepted, once durable.
+
+        Sync sessions use it to push envelopes live; ``source`` is the peer it came from.
+        """
+        self._envelope_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._envelope_listeners:
+                self._envelope_listeners.remove(callback)
+
+        return unsubscribe
+
+    def changes(self) -> AsyncIterator[Change]:
+        """An async iterator of winner changes: ``async for change in replica.changes()``."""
+        return change_stream(self)
+
+    # ================================================================== writing
+
+    def write(self, scope: Scope | str, ops: Sequence[WriteOp]) -> Receipt:
+        """Commit one local transaction; return its receipt once it is durable.
+
+        Raises:
+            ScopeViolationError, CapabilityViolationError: this identity may not write there.
+            InvalidValueError: a key or value cannot be stored.
+            StoreError: the commit failed; nothing changed.
+        """
+        target = Scope.parse(scope)
+        if not ops:
+            raise ValueError("a transaction needs at least one write")
+        grant = self._own_grant_at(self.clock.last)
+        grant.check_scope(target)
+        for op in ops:
+            capability_name = op.collection
+            if capability_name in COLLECTIONS and not grant.allows_collection(capability_name):
+                grant.check_capability(COLLECTION_CAPABILITY[capability_name])
+        key = (target, self.chain)
+        state = self._chain(key)
+        before = self.clock.last
+        hlc = self.clock.now()
+        self.policy.grants[self.chain] = grant
+        scope_state = self.fleet.scope(target)
+        try:
+            result = scope_state.write(self.chain, hlc, ops)
+        except SouverixError:
+            self.clock.rewind(before)
+            raise
+        sealed = seal(
+            self.identity.signing_key,
+            fleet_id=self.fleet_id,
+            scope=target,
+            seq=result.seq,
+            prev=state.last_id,
+            hlc=hlc,
+            state_vector=scope_state.document(self.chain).state_vector(),
+            delegation_digest=self.identity.leaf.digest,
+            payload=result.update,
+            epoch=self.epoch,
+        )
+        stored = StoredEnvelope(sealed.id, str(target), self.chain, result.seq, hlc, sealed.data)
+        batch = Batch(envelopes=[stored], hlc=hlc)
+        unacked = self._enqueue(batch, key, stored, source=None)
+        try:
+            self.store.commit(batch)
+        except StoreError:
+            self.clock.rewind(before)
+            self._rebuild(key)
+            raise
+        self._commit_unacked(unacked)
+        state.seq, state.last_id = result.seq, sealed.id
+        self.fleet.notify(scope_state, result.changed)
+        self._announce([(stored, None)])
+        return Receipt(sealed.id, str(target), self.chain, result.seq, hlc)
+
+    # ================================================================== receiving
+
+    def ingest(self, data: bytes, *, source: str | None = None) -> IngestResult:
+        """Receive one envelope (see :meth:`ingest_many`)."""
+        return self.ingest_many([data], source=source)[0]
+
+    def ingest_many(
+        self, frames: Iterable[bytes], *, source: str | None = None
+    ) -> list[IngestResult]:
+        """Verify, order and apply received envelopes; one durable commit for all of them.
+
+        Every refusal is reported as an :class:`IngestResult` with its typed error, never
+        raised: one bad envelope does not stop the others.
+
+        Raises:
+            StoreError: the commit failed; the replica is as it was before the call.
+        """
+        step = _Step(source)
+        before = self.clock.last
+        results = [self._ingest_one(data, step) for data in frames]
+        batch = step.batch
+        if not batch.is_empty():
+            if self.clock.last != before:
+                batch.hlc = self.clock.last
+            try:
+                self.store.commit(batch)
+            except StoreError:
+                self.clock.rewind(before)
+                for key in step.touched:
+                    self._rebuild(key)
+                self._forget_uncommitted(batch)
+                raise
+        self._commit_unacked(step.unacked)
+        for scope, changed in step.changes:
+            self.fleet.notify(self.fleet.scope(scope), changed)
+        self._announce(step.accepted)
+        return results
+
+    def _ingest_one(self, data: bytes, step: _Step) -> IngestResult:  # noqa: PLR0911
+        # One return per outcome: the function is the decision table of the receive path.
+        batch = step.batch
+        try:
+            verified = open_envelope(
+                data,
+                self.authority,
+                physical_now=self.clock.physical(),
+                max_offset=self.clock.max_offset,
+            )
+        except QuarantinedError as exc:
+            return self._quarantine_envelope(data, exc, batch)
+        except UnknownDelegationError as exc:
+            return self._park(data, "delegation", batch, exc)
+        except SouverixError as exc:
+            return IngestResult(IngestOutcome.REJECTED, error=exc)
+        header = verified.header
+        key = (header.scope, header.chain)
+        state = self._chain(key)
+        base = IngestResult(
+            IngestOutcome.APPLIED, verified.id, str(header.scope), header.chain, header.seq
+        )
+        if state.cut_from is not None and header.seq >= state.cut_from:
+            return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION)
+        if header.seq <= state.seq:
+            held = self._held_id(key, header.seq, batch)
+            if held is None or held == verified.id:
+                return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+            return self._equivocation(key, header.seq, (held, None), verified, step, base)
+        if header.seq > state.seq + 1:
+            waiting = state.pending.get(header.seq)
+            if waiting is not None:
+                if waiting[0] == verified.id:
+                    return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+                return self._equivocation(
+                    key, header.seq, (waiting[0], waiting[1]), verified, step, base
+                )
+            if self._pending_count() >= self.max_pending:
+                error = TooLargeError("the pending area is full", reason="pending-full")
+                return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=error)
+            state.pending[header.seq] = (verified.id, verified.data)
+            batch.pending_add.append(StoredItem(verified.id, verified.data, "gap", header.writer))
+            return attrs.evolve(base, outcome=IngestOutcome.PENDING)
+        result = self._apply(key, verified, step)
+        if result.outcome is IngestOutcome.APPLIED:
+            self._drain_chain(key, step)
+        return result
+
+    def _apply(self, key: Key, verified: VerifiedEnvelope, step: _Step) -> IngestResult:
+        header = verified.header
+        state = self._chain(key)
+        base = IngestResult(
+            IngestOutcome.APPLIED, verified.id, str(header.scope), header.chain, header.seq
+        )
+        if header.prev != state.last_id and state.seq > 0:
+            error = EquivocationError(
+                "envelope extends a different previous envelope than the one held",
+                reason="prev-mismatch",
+                scope=str(header.scope),
+                writer=header.writer,
+            )
+            return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=error)
+        self.policy.grants[header.chain] = verified.grant
+        scope_state = self.fleet.scope(header.scope)
+        try:
+            changed = scope_state.receive(header.chain, header.seq, verified.payload)
+        except InvalidUpdateError as exc:
+            return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
+        step.touched.add(key)
+        state.seq, state.last_id = header.seq, verified.id
+        if header.hlc > self.clock.last:
+            self.clock.observe(header.hlc)
+        stored = StoredEnvelope(
+            verified.id, str(header.scope), header.chain, header.seq, header.hlc, verified.data
+        )
+        step.batch.envelopes.append(stored)
+        step.unacked.extend(self._enqueue(step.batch, key, stored, source=step.source))
+        step.accepted.append((stored, step.source))
+        step.changes.append((header.scope, changed))
+        return base
+
+    def _drain_chain(self, key: Key, step: _Step) -> None:
+        state = self._chain(key)
+        while (waiting := state.pending.pop(state.seq + 1, None)) is not None:
+            item_id, data = waiting
+            step.batch.pending_remove.append(item_id)
+            try:
+                verified = open_envelope(
+                    data,
+                    self.authority,
+                    physical_now=self.clock.physical(),
+                    max_offset=self.clock.max_offset,
+                )
+            except SouverixError:
+                break
+            result = self._apply(key, verified, step)
+            if result.outcome is not IngestOutcome.APPLIED:
+                break
+
+    def _park(self, data: bytes, reason: str, batch: Batch, error: SouverixError) -> IngestResult:
+        item_id = hashlib.sha256(data).digest()
+        if item_id in self._delegation_pending:
+            return IngestResult(IngestOutcome.PENDING, item_id, error=error)
+        if self._pending_count() >= self.max_pending:
+            full = TooLargeError("the pending area is full", reason="pending-full")
+            return IngestResult(IngestOutcome.REJECTED, item_id, error=full)
+        self._delegation_pending[item_id] = (data, reason)
+        batch.pending_add.append(StoredItem(item_id, data, reason))
+        return IngestResult(IngestOutcome.PENDING, item_id, error=error)
+
+    def _quarantine_envelope(
+        self, data: bytes, error: QuarantinedError, batch: Batch
+    ) -> IngestResult:
+        item_id = hashlib.sha256(data).digest()
+        header: EnvelopeHeader | None = error.header
+        writer = header.writer if header is not None else ""
+        if item_id not in self._quarantine:
+            self._quarantine[item_id] = (data, writer)
+            self._quarantined_by_writer[writer] = self._quarantined_by_writer.get(writer, 0) + 1
+            batch.quarantine_add.append(StoredItem(item_id, data, "clock-skew", writer))
+        return IngestResult(
+            IngestOutcome.QUARANTINED,
+            item_id,
+            scope="" if header is None else str(header.scope),
+            chain="" if header is None else header.chain,
+            seq=0 if header is None else header.seq,
+            error=error,
+        )
+
+    def _pending_count(self) -> int:
+        return len(self._delegation_pending) + sum(len(c.pending) for c in self._chains.values())
+
+    def _held_id(self, key: Key, seq: int, batch: Batch) -> bytes | None:
+        for stored in batch.envelopes:
+            if (Scope.parse(stored.scope), stored.writer) == key and stored.seq == seq:
+                return stored.id
+        held = self.store.envelope_at(str(key[0]), key[1], seq)
+        return None if held is None else held.id
+
+    # ================================================================== equivocation
+
+    def _equivocation(  # noqa: PLR0917  (private; each argument is one fact of the proof)
+        self,
+        key: Key,
+        seq: int,
+        held: tuple[bytes, bytes | None],
+        verified: VerifiedEnvelope,
+        step: _Step,
+        base: IngestResult,
+    ) -> IngestResult:
+        batch = step.batch
+        held_id, held_data = held
+        if held_data is None:
+            stored = self.store.envelope_at(str(key[0]), key[1], seq)
+            held_data = b"" if stored is None else stored.data
+            for kept in batch.envelopes:
+                if kept.id == held_id:
+                    held_data = kept.data
+        first, second = sorted((held_data, verified.data))
+        self._record_proof(key, seq, first, second, batch)
+        step.touched.add(key)
+        error = EquivocationError(
+            f"two envelopes for seq {seq} of {key[1]} in {key[0]}",
+            reason="equivocation",
+            scope=str(key[0]),
+            writer=chain_writer(key[1]),
+        )
+        return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION, error=error)
+
+    def _record_proof(self, key: Key, seq: int, first: bytes, second: bytes, batch: Batch) -> None:
+        state = self._chain(key)
+        if state.cut_from is not None and state.cut_from <= seq:
+            return
+        state.cut_from = seq
+        self._proofs[key] = (seq, first, second)
+        index = sorted([str(k[0]), k[1]] for k in self._proofs)
+        batch.meta[_EQUIVOCATION_META + "index"] = encode(index)
+        batch.meta[f"{_EQUIVOCATION_META}{key[0]}|{key[1]}"] = encode([seq, first, second])
+        state.pending = {s: v for s, v in state.pending.items() if s < seq}
+        if state.seq >= seq:
+            self._rebuild(key, upto=seq - 1, pending_batch=batch)
+
+    def add_proof(self, first: bytes, second: bytes) -> bool:
+        """Take an equivocation proof from a peer: two verified envelopes, one (scope, chain, seq).
+
+        Returns:
+            True if it was new and applied.
+
+        Raises:
+            EquivocationError: if the two envelopes do not prove an equivocation.
+            AuthorityError: if either envelope does not verify.
+        """
+        physical = max(self.clock.physical(), 0)
+        opened = [
+            open_envelope(d, self.authority, physical_now=physical, max_offset=1 << 62)
+            for d in (first, second)
+        ]
+        a, b = (o.header for o in opened)
+        if (a.scope, a.chain, a.seq) != (b.scope, b.chain, b.seq) or opened[0].id == opened[1].id:
+            raise EquivocationError("not two envelopes of one sequence number", reason="proof")
+        key = (a.scope, a.chain)
+        state = self._chain(key)
+        if state.cut_from is not None and state.cut_from <= a.seq:
+            return False
+        batch = Batch()
+        low, high = sorted((first, second))
+        self._record_proof(key, a.seq, low, high, batch)
+        self.store.commit(batch)
+        return True
+
+    def proofs(self) -> list[tuple[bytes, bytes]]:
+        """Every equivocation proof known (to forward to peers)."""
+        return [(first, second) for _, first, second in self._proofs.values()]
+
+    # ================================================================== rebuilding
+
+    def _rebuild(
+        self, key: Key, *, upto: int | None = None, pending_batch: Batch | None = None
+    ) -> None:
+        """Rebuild one chain's document from its log, without what no longer counts."""
+        scope, chain = key
+        scope_state = self.fleet.scope(scope)
+        scope_state.documents.pop(chain, None)
+        state = self._chain(key)
+        state.seq, state.last_id = 0, b""
+        limit = state.cut_from - 1 if state.cut_from is not None else None
+        if upto is not None:
+            limit = upto if limit is None else min(limit, upto)
+        after = 0
+        while True:
+            rows = self.store.envelopes_after(str(scope), chain, after, 1000)
+            if pending_batch is not None:
+                rows += [
+                    e
+                    for e in pending_batch.envelopes
+                    if (e.scope, e.writer) == (str(scope), chain) and e.seq > after
+                ]
+                rows.sort(key=lambda e: e.seq)
+                # Envelopes of this batch that now lie past the cut must not be committed.
+                pending_batch.envelopes = [
+                    e
+                    for e in pending_batch.envelopes
+                    if (e.scope, e.writer) != (str(scope), chain) or limit is None or e.seq <= limit
+                ]
+            if not rows:
+                break
+            stop = False
+            for stored in rows:
+                if stored.seq != state.seq + 1 or (limit is not None and stored.seq > limit):
+                    stop = True
+                    break
+                if not self._replay(key, stored):
+                    stop = True
+                    break
+            if stop or pending_batch is not None:
+                break
+            after = rows[-1].seq
+        scope_state.rebuild_index()
+
+    def _forget_uncommitted(self, batch: Batch) -> None:
+        for item in batch.pending_add:
+            self._delegation_pending.pop(item.id, None)
+            for state in self._chains.values():
+                for seq, (item_id, _) in list(state.pending.items()):
+                    if item_id == item.id:
+                        del state.pending[seq]
+        for item in batch.quarantine_add:
+            if self._quarantine.pop(item.id, None) is not None:
+                self._quarantined_by_writer[item.writer] -= 1
+
+    # ================================================================== authority items
+
+    def _learn_delegation(self, data: bytes) -> bool:
+        try:
+            delegation = Delegation.decode(data)
+            return self.authority.add_delegation(delegation)
+        except SouverixError:
+            return False
+
+    def _learn_revocation(self, data: bytes) -> bool:
+        try:
+            revocation = Revocation.decode(data)
+            return self.authority.add_revocation(revocation)
+        except SouverixError:
+            return False
+
+    def add_delegations(self, items: Iterable[bytes]) -> int:
+        """Learn delegations (encoded); persist the new ones and retry what waited for them.
+
+        Returns:
+            How many were new. Invalid ones are skipped.
+        """
+        batch = Batch()
+        new = 0
+        for data in items:
+            try:
+                delegation = Delegation.decode(data)
+            except (DecodeError, AuthorityError):
+                continue
+            try:
+                added = self.authority.add_delegation(delegation)
+            except AuthorityError:
+                continue
+            if added:
+                new += 1
+                batch.delegations.append(StoredItem(delegation.digest, delegation.encode()))
+        if new:
+            self.store.commit(batch)
+            self._refresh_strategies()
+            self.retry_pending()
+        return new
+
+    def add_revocations(self, items: Iterable[bytes]) -> int:
+        """Learn revocations (encoded); persist them and rebuild the chains they cut.
+
+        Returns:
+            How many were new. Invalid ones are skipped; ones whose issuer is not known yet
+            wait in the pending area.
+        """
+        batch = Batch()
+        new = 0
+        for data in items:
+            try:
+                revocation = Revocation.decode(data)
+                added = self.authority.add_revocation(revocation)
+            except UnknownDelegationError as exc:
+                self._park(data, "revocation", batch, exc)
+                continue
+            except (DecodeError, AuthorityError):
+                continue
+            if added:
+                new += 1
+                batch.revocations.append(StoredItem(revocation.digest, revocation.encode()))
+        if not batch.is_empty():
+            self.store.commit(batch)
+        if new:
+            for key, state in list(self._chains.items()):
+                grant = self.policy.grants.get(key[1])
+                if (
+                    grant is not None
+                    and state.seq
+                    and self.authority.is_cut(grant, key[0], state.seq)
+                ):
+                    self._rebuild(key)
+        return new
+
+    def delegations(self) -> list[bytes]:
+        """Every known delegation, encoded (to send to peers)."""
+        return [d.encode() for d in self.authority.delegations()]
+
+    def revocations(self) -> list[bytes]:
+        """Every known revocation, encoded (to send to peers)."""
+        return [r.encode() for r in self.authority.revocations()]
+
+    def retry_pending(self) -> list[IngestResult]:
+        """Re-evaluate the pending area (after delegations arrived)."""
+        items = list(self._delegation_pending.items())
+        if not items:
+            return []
+        batch = Batch()
+        revocations = []
+        for item_id, (data, reason) in items:
+            del self._delegation_pending[item_id]
+            batch.pending_remove.append(item_id)
+            if reason == "revocation":
+                revocations.append(data)
+        self.store.commit(batch)
+        if revocations:
+            self.add_revocations(revocations)
+        return self.ingest_many([data for _, (data, reason) in items if reason != "revocation"])
+
+    def tick(self) -> list[IngestResult]:
+        """Look again at quarantined envelopes whose time has come (call periodically)."""
+        now = self.clock.physical()
+        due = []
+        for item_id, (data, _writer) in list(self._quarantine.items()):
+            try:
+                header = read_header(data)
+            except SouverixError:
+                continue
+            if header.hlc.wall - now <= self.clock.max_offset:
+                due.append((item_id, data))
+        if not due:
+            return []
+        for item_id, _ in due:
+            _, writer = self._quarantine.pop(item_id)
+            self._quarantined_by_writer[writer] -= 1
+        return self.ingest_many([data for _, data in due])
+
+    # ================================================================== sync support
+
+    def register_peer(self, peer: str, interest: Sequence[Scope | str]) -> None:
+        """Queue future envelopes in ``interest`` for ``peer`` (its outbox and sync debt)."""
+        self._peers[peer] = tuple(Scope.parse(s) for s in interest)
+        self._unacked.setdefault(peer, {})
+
+    def interested(self, interest: Sequence[Scope], scope: Scope) -> bool:
+        """True if a replica with ``interest`` receives data of ``scope`` (subtree + ancestors)."""
+        return any(home.is_related_to(scope) for home in interest)
+
+    def _enqueue(
+        self, batch: Batch, key: Key, stored: StoredEnvelope, *, source: str | None
+    ) -> list[tuple[str, Key, int, bytes]]:
+        queued = []
+        now = self.clock.physical()
+        for peer, interest in self._peers.items():
+            if peer == source or not self.interested(interest, key[0]):
+                continue
+            batch.outbox.append(OutboxEntry(peer, stored.id, len(stored.data), now))
+            queued.append((peer, key, stored.seq, stored.id))
+        return queued
+
+    def _commit_unacked(self, queued: Iterable[tuple[str, Key, int, bytes]]) -> None:
+        for peer, key, seq, envelope_id in queued:
+            self._unacked.setdefault(peer, {}).setdefault(key, deque()).append((seq, envelope_id))
+
+    def acknowledge(self, peer: str, frontiers: Iterable[tuple[str, str, int]]) -> None:
+        """A peer reports how far it has each chain: settle its outbox and sync debt."""
+        batch = Batch()
+        queues = self._unacked.get(peer, {})
+        acked: list[bytes] = []
+        for scope_path, chain, seq in frontiers:
+            try:
+                key = (Scope.parse(scope_path), chain)
+            except SouverixError:
+                continue
+            batch.peer_frontiers.append((peer, scope_path, chain, seq))
+            queue = queues.get(key)
+            while queue and queue[0][0] <= seq:
+                acked.append(queue.popleft()[1])
+        if acked:
+            batch.acked.append((peer, acked))
+        if not batch.is_empty():
+            self.store.commit(batch)
+
+    def frontiers(
+        self, interest: Sequence[Scope] | None = None
+    ) -> list[tuple[str, str, int, bytes]]:
+        """``(scope, chain, seq, last id)`` of every chain held (within ``interest``)."""
+        rows = []
+        for (scope, chain), state in sorted(
+            self._chains.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])
+        ):
+            if state.seq == 0:
+                continue
+            if interest is not None and not self.interested(interest, scope):
+                continue
+            rows.append((str(scope), chain, state.seq, state.last_id))
+        return rows
+
+    def chain_seq(self, scope: Scope | str, chain: str) -> int:
+        """The last sequence number applied for a chain (0 if none)."""
+        state = self._chains.get((Scope.parse(scope), chain))
+        return 0 if state is None else state.seq
+
+    def envelopes_after(self, scope: Scope | str, chain: str, seq: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` of a chain's envelopes after ``seq`` (what a peer lacks)."""
+        state = self._chains.get((Scope.parse(scope), chain))
+        if state is None or state.seq <= seq:
+            return []
+        return [e.data for e in self.store.envelopes_after(str(scope), chain, seq, limit)]
+
+    def _announce(self, accepted: Sequence[tuple[StoredEnvelope, str | None]]) -> None:
+        for stored, source in accepted:
+            for callback in list(self._envelope_listeners):
+                callback(stored, source)
+
+    # ================================================================== status
+
+    def sync_debt(self, peer: str) -> SyncDebt:
+        """What ``peer`` has not acknowledged: envelopes, bytes and the oldest one's age."""
+        stats: OutboxStats = self.store.outbox_stats(peer)
+        age = 0 if stats.oldest is None else max(0, self.clock.physical() - stats.oldest)
+        return SyncDebt(stats.count, stats.bytes, age)
+
+    def status(self) -> ReplicaStatus:
+        """Frontiers, pending, quarantine, equivocators and sync debt, for operators."""
+        return ReplicaStatus(
+            name=self.name,
+            key_id=self.identity.key_id,
+            chain=self.chain,
+            durability=self.store.durability,
+            frontiers={f"{s}|{c}": q for s, c, q, _ in self.frontiers()},
+            pending=self._pending_count(),
+            quarantined={w: n for w, n in self._quarantined_by_writer.items() if n},
+            equivocators={f"{k[0]}|{k[1]}": v[0] for k, v in self._proofs.items()},
+            sync_debt={peer: self.sync_debt(peer) for peer in sorted(self._peers)},
+            hlc=self.clock.last,
+        )
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
