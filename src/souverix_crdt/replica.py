@@ -23,7 +23,11 @@ Receiving
 Chains and epochs
     Each process incarnation writes under a fresh random *epoch*, so its chain id is
     ``"<key id>~<epoch>"``. A replica restarted from an old copy of its database therefore
-    never reuses a sequence number or a Yjs client clock it already published.
+    never reuses a sequence number or a Yjs client clock it already published, and since every
+    register is named by (chain, HLC), never an event identity either. Its clock starts above
+    everything its store recorded; within the very millisecond of writes the old copy lost, a
+    timestamp value may repeat under the new chain id, and the chain id breaks the tie the same
+    way on every replica.
 
 Decisions that arrive late
     A revocation or an equivocation proof that arrives after the envelopes it judges is applied
