@@ -16,7 +16,8 @@ Implementations: :mod:`souverix_crdt.store.memory` (tests) and
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeAlias
 
 import attrs
 
@@ -26,11 +27,17 @@ __all__ = [
     "Batch",
     "OutboxEntry",
     "OutboxStats",
+    "StatementHook",
     "Store",
     "StoredCheckpoint",
     "StoredEnvelope",
     "StoredItem",
 ]
+
+#: Called with a short step name (``"begin"``, ``"envelopes"``, ``"commit"``…) before every
+#: statement a store executes inside :meth:`Store.commit`. Tests raise from it to inject a fault
+#: at statement k (disk full, busy, a crash) and check that the failed commit changed nothing.
+StatementHook: TypeAlias = Callable[[str], None]
 
 
 @attrs.frozen
