@@ -140,6 +140,10 @@ class SyncSession:
         self.envelopes_sent = 0
         self.envelopes_received = 0
         self._outgoing: list[bytes] = []
+        #: Called (no arguments) after each frame is queued for :meth:`data_to_send`, so an IO
+        #: driver can wake up for frames made outside its own calls (live pushes from local
+        #: writes). It must not raise; the session never calls anything else outward.
+        self.on_output: Callable[[], None] | None = None
         self._peer_seq: dict[tuple[str, str], int] = {}
         self._sent_upto: dict[tuple[str, str], int] = {}
         self._in_flight = False
@@ -207,7 +211,7 @@ class SyncSession:
         """Queue a close message and stop; idempotent."""
         if self.state is SessionState.CLOSED:
             return
-        self._outgoing.append(encode_message(Close(reason)))
+        self._queue(encode_message(Close(reason)))
         self.state = SessionState.CLOSED
         self.close_reason = reason
         if self._unsubscribe is not None:
@@ -270,7 +274,7 @@ class SyncSession:
         if any(r.outcome is IngestOutcome.PENDING and not r.chain for r in results):
             # Something waits for a delegation: ask for the peer's authority items again.
             self._send_hello()
-        self._outgoing.append(encode_message(Ack(tuple(rows))))
+        self._queue(encode_message(Ack(tuple(rows))))
 
     def handle_ack(self, ack: Ack) -> None:
         """Advance the peer's frontiers, settle sync debt, and send the next batch."""
@@ -300,6 +304,11 @@ class SyncSession:
 
     # ------------------------------------------------------------------ sending
 
+    def _queue(self, frame: bytes) -> None:
+        self._outgoing.append(frame)
+        if self.on_output is not None:
+            self.on_output()
+
     def _send_hello(self) -> None:
         replica = self.replica
         rows = tuple(FrontierRow(s, c, q, last) for s, c, q, last in replica.frontiers())
@@ -311,12 +320,12 @@ class SyncSession:
             interest=(str(replica.identity.scope),),
             frontiers=rows,
         )
-        self._outgoing.append(encode_message(hello))
+        self._queue(encode_message(hello))
         self._send_authority()
 
     def _send_authority(self) -> None:
         replica = self.replica
-        self._outgoing.append(
+        self._queue(
             encode_message(
                 AuthorityItems(
                     delegations=tuple(replica.delegations()),
@@ -369,7 +378,7 @@ class SyncSession:
             self._send_envelopes(items)
 
     def _send_envelopes(self, items: list[bytes]) -> None:
-        self._outgoing.append(encode_message(Envelopes(tuple(items))))
+        self._queue(encode_message(Envelopes(tuple(items))))
         self._in_flight = True
         self.envelopes_sent += len(items)
 
