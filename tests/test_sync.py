@@ -158,7 +158,7 @@ def test_catch_up_after_10000_writes_uses_bounded_batches() -> None:
                     frames += 1
                 end.send_nowait(frame)
         cluster.network.step()
-        if not cluster._deliver() and not cluster.network.totals.in_flight:  # noqa: SLF001
+        if not cluster.deliver() and not cluster.network.totals.in_flight:
             break
     assert cluster["region-a"].digest() == root.digest()
     assert largest == 100

@@ -166,7 +166,8 @@ class Cluster:
                     moved += 1
         return moved
 
-    def _deliver(self) -> int:
+    def deliver(self) -> int:
+        """Feed every frame waiting at an endpoint to its session; returns how many."""
         received = 0
         for link in self.links.values():
             for session, end in link.sessions():
@@ -190,7 +191,7 @@ class Cluster:
         for _ in range(max_rounds):
             sent = self._flush()
             self.network.step()
-            received = self._deliver()
+            received = self.deliver()
             total += received
             if not sent and not received and not self.network.totals.in_flight:
                 return total
