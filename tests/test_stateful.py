@@ -100,7 +100,7 @@ class Federation(RuleBasedStateMachine):
         downward=st.booleans(),
         child=st.integers(0, 1),
     )
-    def write(  # noqa: PLR0917  (one argument per drawn choice)
+    def write(
         self, name: str, key: str, value: int, delete: bool, downward: bool, child: int
     ) -> None:
         replica = self.c[name]
