@@ -721,6 +721,23 @@ class ScopeState:
                 changed.append(ref)
         return changed
 
+    def apply_checkpoint(self, writer: str, seq: int, state: bytes) -> list[KeyRef]:
+        """Bring a writer's document forward to a snapshot of it taken at sequence ``seq``.
+
+        The snapshot is a full-state pycrdt update; what the document already holds merges
+        idempotently. Only moves forward.
+
+        Raises:
+            InvalidUpdateError: if the snapshot does not decode; the document is unchanged.
+        """
+        doc = self.document(writer)
+        if seq <= doc.seq:
+            return []
+        changed = self.apply_next(writer, state)
+        doc.seq = seq
+        self._pending.pop(writer, None)
+        return changed
+
     # ------------------------------------------------------------------ index
 
     def _allowed(self, writer: str) -> dict[str, bool]:

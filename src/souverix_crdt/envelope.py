@@ -86,6 +86,7 @@ __all__ = [
     "read_header",
     "seal",
     "signed_message",
+    "verify_signed",
 ]
 
 #: Format version of envelopes.
@@ -256,9 +257,20 @@ class EnvelopeHeader:
         return header
 
 
-def signed_message(algorithm: str, fleet_id: str, header: bytes, payload: bytes) -> bytes:
-    """The exact bytes an envelope's signature covers (see the module docstring)."""
-    parts = [ENVELOPE_DOMAIN]
+def signed_message(
+    algorithm: str,
+    fleet_id: str,
+    header: bytes,
+    payload: bytes,
+    *,
+    domain: bytes = ENVELOPE_DOMAIN,
+) -> bytes:
+    """The exact bytes an envelope's signature covers (see the module docstring).
+
+    ``domain`` separates kinds of signed objects built on the envelope format (checkpoints use
+    their own), so one kind's signature never verifies as another's.
+    """
+    parts = [domain]
     for field in (algorithm.encode(), fleet_id.encode(), header, payload):
         parts.append(len(field).to_bytes(8, "big"))
         parts.append(field)
@@ -299,6 +311,7 @@ def seal(
     delegation_digest: bytes,
     payload: bytes,
     epoch: int = 0,
+    domain: bytes = ENVELOPE_DOMAIN,
 ) -> SealedEnvelope:
     """Sign one transaction of ``signing_key``'s writer into an envelope.
 
@@ -323,7 +336,9 @@ def seal(
         epoch=epoch,
     )
     header_bytes = header.encode()
-    signature = signing_key.sign(signed_message(ALGORITHM, fleet_id, header_bytes, payload))
+    signature = signing_key.sign(
+        signed_message(ALGORITHM, fleet_id, header_bytes, payload, domain=domain)
+    )
     data = encode([ENVELOPE_VERSION, ALGORITHM, header_bytes, payload, signature])
     return SealedEnvelope(id=envelope_id(data), data=data, header=header, payload=payload)
 
@@ -524,6 +539,31 @@ def open_envelope(
             invalid at the envelope's HLC (see :func:`~souverix_crdt.authority.verify_chain`).
         RevokedError: the writer (or a key above it) is revoked and this write is past the cut.
     """
+    raw, header, payload, identifier, grant = verify_signed(
+        data, authority, physical_now=physical_now, max_offset=max_offset, limits=limits
+    )
+    return VerifiedEnvelope(
+        _TOKEN, id=identifier, data=raw, header=header, payload=payload, grant=grant
+    )
+
+
+def verify_signed(
+    data: bytes | bytearray | memoryview,
+    authority: Authority,
+    *,
+    physical_now: int,
+    max_offset: int,
+    limits: Limits = DEFAULT_LIMITS,
+    domain: bytes = ENVELOPE_DOMAIN,
+) -> tuple[bytes, EnvelopeHeader, bytes, bytes, Grant]:
+    """Every check of :func:`open_envelope`, for any object in the envelope format.
+
+    Returns:
+        ``(raw bytes, header, payload, id, grant)``.
+
+    Raises:
+        The errors of :func:`open_envelope`.
+    """
     raw, header_bytes, payload, signature = _decode_outer(data, limits)
     header = EnvelopeHeader.decode(header_bytes, limits)
     fleet_id = authority.anchors.fleet_id
@@ -549,7 +589,9 @@ def open_envelope(
             writer=header.writer,
         )
     # Verify over the exact bytes received (never a re-encoding), and before the payload is used.
-    leaf.subject.verify(signature, signed_message(ALGORITHM, fleet_id, header_bytes, payload))
+    leaf.subject.verify(
+        signature, signed_message(ALGORITHM, fleet_id, header_bytes, payload, domain=domain)
+    )
     identifier = envelope_id(raw)
     if header.hlc.wall - physical_now > max_offset:
         raise QuarantinedError(
@@ -565,6 +607,4 @@ def open_envelope(
     grant = authority.grant_for(header.writer, header.delegation, at=header.hlc)
     grant.check_scope(header.scope)
     authority.check_not_revoked(grant, header.scope, header.seq)
-    return VerifiedEnvelope(
-        _TOKEN, id=identifier, data=raw, header=header, payload=payload, grant=grant
-    )
+    return raw, header, payload, identifier, grant

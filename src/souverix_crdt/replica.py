@@ -58,6 +58,7 @@ from .authority import (
     TrustAnchors,
 )
 from .authority import verify_chain as _verify_chain
+from .checkpoint import open_checkpoint, seal_checkpoint
 from .codec import decode, encode, encode_canonical
 from .conflicts import ConflictRecord
 from .document import COLLECTIONS, Change, FleetState, WriteOp
@@ -85,7 +86,15 @@ from .handles import ScopeHandle, Transaction, change_stream
 from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
 from .lww import Strategy
 from .scope import Autonomy, Scope
-from .store.base import Batch, OutboxEntry, OutboxStats, Store, StoredEnvelope, StoredItem
+from .store.base import (
+    Batch,
+    OutboxEntry,
+    OutboxStats,
+    Store,
+    StoredCheckpoint,
+    StoredEnvelope,
+    StoredItem,
+)
 
 __all__ = [
     "Identity",
@@ -335,6 +344,7 @@ class Replica:
         self._unacked: dict[str, dict[Key, deque[tuple[int, bytes]]]] = {}
         self._envelope_listeners: list[Callable[[StoredEnvelope, str | None], None]] = []
         self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
+        self._checkpoints: dict[Key, tuple[int, bytes]] = {}
         self.clock = Clock(wall_clock, max_offset=max_offset, floor=store.hlc())
         self._load()
 
@@ -351,6 +361,10 @@ class Replica:
         for scope_path, chain, seq, first, second in self._stored_proofs():
             self._proofs[(Scope.parse(scope_path), chain)] = (seq, first, second)
             self._chain((Scope.parse(scope_path), chain)).cut_from = seq
+        for checkpoint in self.store.checkpoints():
+            key = (Scope.parse(checkpoint.scope), checkpoint.writer)
+            self._checkpoints[key] = (checkpoint.seq, checkpoint.data)
+            self._restore_checkpoint(key)
         for stored in self.store.iter_envelopes():
             key = (Scope.parse(stored.scope), stored.writer)
             state = self._chain(key)
@@ -401,6 +415,26 @@ class Replica:
         state.seq, state.last_id = stored.seq, stored.id
         if stored.hlc > self.clock.last:
             self.clock.observe(stored.hlc)
+        return True
+
+    def _restore_checkpoint(self, key: Key, *, limit: int | None = None) -> bool:
+        """Apply the kept checkpoint of a chain while loading or rebuilding."""
+        kept = self._checkpoints.get(key)
+        if kept is None or (limit is not None and kept[0] > limit):
+            return False
+        try:
+            verified = open_checkpoint(
+                kept[1],
+                self.authority,
+                physical_now=self.clock.physical(),
+                max_offset=1 << 62,  # it was judged on arrival; only the authority may change
+            )
+        except SouverixError:
+            return False
+        state = self._chain(key)
+        self.policy.grants[key[1]] = verified.grant
+        self.fleet.scope(key[0]).apply_checkpoint(key[1], kept[0], verified.state)
+        state.seq, state.last_id = kept[0], verified.last_id
         return True
 
     def _stored_proofs(self) -> Iterator[tuple[str, str, int, bytes, bytes]]:
@@ -585,6 +619,11 @@ class Replica:
         step = _Step(source)
         before = self.clock.last
         results = [self._ingest_one(data, step) for data in frames]
+        self._finish(step, before)
+        return results
+
+    def _finish(self, step: _Step, before: Timestamp) -> None:
+        """Commit what one receive step accumulated, then notify; undo it all if that fails."""
         batch = step.batch
         if not batch.is_empty():
             if self.clock.last != before:
@@ -601,7 +640,6 @@ class Replica:
         for scope, changed in step.changes:
             self.fleet.notify(self.fleet.scope(scope), changed)
         self._announce(step.accepted)
-        return results
 
     def _ingest_one(self, data: bytes, step: _Step) -> IngestResult:  # noqa: PLR0911
         # One return per outcome: the function is the decision table of the receive path.
@@ -831,7 +869,8 @@ class Replica:
         limit = state.cut_from - 1 if state.cut_from is not None else None
         if upto is not None:
             limit = upto if limit is None else min(limit, upto)
-        after = 0
+        self._restore_checkpoint(key, limit=limit)
+        after = state.seq
         while True:
             rows = self.store.envelopes_after(str(scope), chain, after, 1000)
             if pending_batch is not None:
@@ -872,6 +911,122 @@ class Replica:
         for item in batch.quarantine_add:
             if self._quarantine.pop(item.id, None) is not None:
                 self._quarantined_by_writer[item.writer] -= 1
+
+    # ================================================================== checkpoints
+
+    def checkpoint(self, scope: Scope | str) -> bytes | None:
+        """Sign a snapshot of this process's own document in ``scope``; compact the log before it.
+
+        New replicas and peers that fell behind the compacted log start from it.
+
+        Returns:
+            The checkpoint bytes, or ``None`` if this process has not written ``scope``.
+
+        Raises:
+            StoreError: the commit failed; nothing changed.
+        """
+        target = Scope.parse(scope)
+        key = (target, self.chain)
+        state = self._chains.get(key)
+        if state is None or state.seq == 0:
+            return None
+        kept = self._checkpoints.get(key)
+        if kept is not None and kept[0] == state.seq:
+            return kept[1]
+        last = self.store.envelope_at(str(target), self.chain, state.seq)
+        if last is None:  # pragma: no cover - our own head is always kept
+            return None
+        header = read_header(last.data)
+        document = self.fleet.scope(target).document(self.chain)
+        data = seal_checkpoint(
+            self.identity.signing_key,
+            fleet_id=self.fleet_id,
+            scope=target,
+            epoch=self.epoch,
+            seq=state.seq,
+            prev=header.prev,
+            last_id=last.id,
+            hlc=last.hlc,
+            state_vector=document.state_vector(),
+            state=document.encode_state(),
+            delegation_digest=header.delegation,
+        )
+        self.store.commit(
+            Batch(
+                checkpoints=[StoredCheckpoint(str(target), self.chain, state.seq, data)],
+                compact=[(str(target), self.chain, state.seq)],
+            )
+        )
+        self._checkpoints[key] = (state.seq, data)
+        return data
+
+    def ingest_checkpoint(self, data: bytes, *, source: str | None = None) -> IngestResult:
+        """Take a writer's signed snapshot: jump that chain forward to it.
+
+        Raises:
+            StoreError: the commit failed; nothing changed.
+        """
+        try:
+            verified = open_checkpoint(
+                data,
+                self.authority,
+                physical_now=self.clock.physical(),
+                max_offset=self.clock.max_offset,
+            )
+        except SouverixError as exc:
+            return IngestResult(IngestOutcome.REJECTED, error=exc)
+        header = verified.header
+        key = (header.scope, header.chain)
+        state = self._chain(key)
+        base = IngestResult(IngestOutcome.APPLIED, b"", str(header.scope), header.chain, header.seq)
+        if state.cut_from is not None and header.seq >= state.cut_from:
+            return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION)
+        if header.seq <= state.seq:
+            return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+        step = _Step(source)
+        before = self.clock.last
+        self.policy.grants[header.chain] = verified.grant
+        scope_state = self.fleet.scope(header.scope)
+        try:
+            changed = scope_state.apply_checkpoint(header.chain, header.seq, verified.state)
+        except InvalidUpdateError as exc:
+            return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
+        state.seq, state.last_id = header.seq, verified.last_id
+        for seq in [s for s in state.pending if s <= header.seq]:
+            step.batch.pending_remove.append(state.pending.pop(seq)[0])
+        if header.hlc > self.clock.last:
+            self.clock.observe(header.hlc)
+        path = str(header.scope)
+        step.batch.checkpoints.append(StoredCheckpoint(path, header.chain, header.seq, data))
+        step.batch.compact.append((path, header.chain, header.seq))
+        self._checkpoints[key] = (header.seq, data)
+        step.touched.add(key)
+        step.changes.append((header.scope, changed))
+        self._drain_chain(key, step)
+        self._finish(step, before)
+        return base
+
+    def catch_up(
+        self, scope: Scope | str, chain: str, seq: int, limit: int
+    ) -> tuple[bytes | None, list[bytes]]:
+        """What a peer at ``seq`` of a chain needs next.
+
+        A checkpoint if the log it needs was compacted, else up to ``limit`` envelopes.
+
+        Returns:
+            ``(checkpoint or None, envelopes)``.
+        """
+        key = (Scope.parse(scope), chain)
+        state = self._chains.get(key)
+        if state is None or state.seq <= seq:
+            return None, []
+        rows = self.store.envelopes_after(str(key[0]), chain, seq, limit)
+        if rows and rows[0].seq == seq + 1:
+            return None, [row.data for row in rows]
+        kept = self._checkpoints.get(key)
+        if kept is not None and kept[0] > seq:
+            return kept[1], []
+        return None, [row.data for row in rows]
 
     # ================================================================== authority items
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
+from souverix_crdt.envelope import read_header
 from souverix_crdt.errors import (
     LocalProtocolError,
     ProtocolError,
@@ -92,8 +93,8 @@ def _on_authority(session: SyncSession, message: Message) -> None:
 
 
 def _on_checkpoint(session: SyncSession, message: Message) -> None:
-    # Checkpoints are not produced by this version; a peer sending one is told nothing.
     assert isinstance(message, Checkpoint)
+    session.handle_checkpoint(message)
 
 
 def _on_close(session: SyncSession, message: Message) -> None:
@@ -276,6 +277,15 @@ class SyncSession:
             self._send_hello()
         self._queue(encode_message(Ack(tuple(rows))))
 
+    def handle_checkpoint(self, message: Checkpoint) -> None:
+        """Jump a chain forward to a writer's snapshot and acknowledge where it now stands."""
+        result = self.replica.ingest_checkpoint(message.data, source=self.peer_name)
+        rows: tuple[FrontierRow, ...] = ()
+        if result.chain:
+            seq = self.replica.chain_seq(result.scope, result.chain)
+            rows = (FrontierRow(result.scope, result.chain, seq),)
+        self._queue(encode_message(Ack(rows)))
+
     def handle_ack(self, ack: Ack) -> None:
         """Advance the peer's frontiers, settle sync debt, and send the next batch."""
         self._in_flight = False
@@ -368,7 +378,16 @@ class SyncSession:
         for scope, chain, have, _ in self._lacking():
             if budget <= 0:
                 break
-            batch = self.replica.envelopes_after(scope, chain, have, budget)
+            checkpoint, batch = self.replica.catch_up(scope, chain, have, budget)
+            if checkpoint is not None:
+                # The log the peer needs was compacted: the snapshot goes alone, as the
+                # unit in flight, and the envelopes after it follow its ack.
+                if items:
+                    break
+                self._queue(encode_message(Checkpoint(checkpoint)))
+                self._in_flight = True
+                self._sent_upto[(scope, chain)] = read_header(checkpoint).seq
+                return
             if not batch:
                 continue
             items.extend(batch)
