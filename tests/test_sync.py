@@ -239,3 +239,25 @@ def test_self_signed_peer_is_refused() -> None:
         session.receive(encode_message(hello))
     assert info.value.reason == "identity"
     assert session.state is SessionState.CLOSED
+
+
+def test_sync_debt_grows_while_cut_off_and_settles_after_heal() -> None:
+    cluster = Cluster(FLEET, ["global", "region-a"])
+    cluster.link("global", "region-a")
+    cluster.settle()
+    region = cluster["region-a"]
+    assert region.sync_debt("global").envelopes == 0
+    cluster.partition("global", "region-a")
+    for i in range(5):
+        region.scope("global/region-a").nodes.set(f"n{i}", i)
+        cluster.advance(1_000)
+    cluster.pump()
+    debt = region.sync_debt("global")
+    assert debt.envelopes == 5
+    assert debt.bytes > 0
+    assert debt.oldest_age_ms == 5_000
+    assert region.status().sync_debt["global"] == debt
+    cluster.heal("global", "region-a")
+    cluster.settle()
+    assert region.sync_debt("global").envelopes == 0
+    assert region.sync_debt("global").oldest_age_ms == 0

@@ -253,6 +253,10 @@ class SyncSession:
         replica.add_delegations(hello.chain)
         self.peer_grant = grant
         self.peer_name = hello.replica
+        # From now on this replica keeps an outbox (sync debt) for the peer; what the peer says
+        # it already holds settles it.
+        replica.register_peer(hello.replica, [grant.scope])
+        replica.acknowledge(hello.replica, [(r.scope, r.writer, r.seq) for r in hello.frontiers])
         self.state = SessionState.OPEN
         # The peer may be missing delegations we learned since our hello: send them again.
         self._send_authority()
