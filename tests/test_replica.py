@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +17,14 @@ from souverix_crdt.errors import (
     DiskFullError,
     InvalidValueError,
     ScopeViolationError,
+    StoreBusyError,
     StoreError,
 )
 from souverix_crdt.hlc import Timestamp
 from souverix_crdt.replica import Identity, IngestOutcome, Replica
 from souverix_crdt.scope import Autonomy, Tier
 from souverix_crdt.store.memory import MemoryStore
+from souverix_crdt.store.sqlite import SqliteStore
 from souverix_crdt.testing.cluster import Cluster
 from souverix_crdt.testing.fleet import NOW, make_fleet
 
@@ -355,3 +359,48 @@ def test_change_and_conflict_callbacks_and_async_iterator() -> None:
 def test_empty_transaction_is_refused() -> None:
     with pytest.raises(ValueError):
         cluster()["edge-a1"].write(EDGE, [])
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [("database or disk is full", DiskFullError), ("database is locked", StoreBusyError)],
+)
+def test_sqlite_disk_full_and_busy_at_each_statement_of_a_write(
+    tmp_path: Path, message: str, error: type[StoreError]
+) -> None:
+    fail_at: list[int | None] = [None]
+    count = [0]
+
+    def hook(_name: str) -> None:
+        count[0] += 1
+        if fail_at[0] is not None and count[0] == fail_at[0]:
+            raise sqlite3.OperationalError(message)
+
+    store = SqliteStore.open(tmp_path / "r.sqlite3", statement_hook=hook)
+    member = FLEET["region-a"]
+    replica = Replica(
+        Identity(member.key, member.chain), FLEET.anchors, store, wall_clock=lambda: NOW, epoch=1
+    )
+    replica.register_peer("global", ["global"])
+    policies = replica.scope("global/region-a").policies
+    policies.set("kept", 1)
+    statements = 0
+    for step in range(1, 100):
+        state = (replica.digest(), replica.clock.last, replica.sync_debt("global"))
+        state += (store.frontiers(), store.hlc())
+        count[0] = 0
+        fail_at[0] = step
+        try:
+            policies.set("lost", step)
+        except error:
+            statements += 1
+        else:
+            break
+        finally:
+            fail_at[0] = None
+        after = (replica.digest(), replica.clock.last, replica.sync_debt("global"))
+        after += (store.frontiers(), store.hlc())
+        assert after == state
+    assert statements >= 4  # envelope, outbox, hlc... each statement was hit
+    assert policies.set("next", 2).seq == 3
+    store.close()
