@@ -179,19 +179,22 @@ def test_update_with_a_gap_is_rejected() -> None:
     assert info.value.reason == "gap"
 
 
-def test_entry_that_is_not_a_register_of_its_writer_does_not_count() -> None:
-    """A writer's document holding garbage or another writer's register: ignored everywhere."""
+def test_entry_that_is_not_a_register_does_not_count() -> None:
+    """A writer's document holding garbage: ignored on every replica alike."""
     target = ScopeState(SCOPE)
-    forged = Register(value="evil", hlc=T(9), writer="someone-else", version=1).encode()
+    register = Register(value="mine", hlc=T(9), writer="anyone", version=1).encode()
     doc = WriterDocument(SCOPE, "w")
     updates: list[bytes] = []
     doc.doc.observe(lambda event: updates.append(event.update))
-    doc.maps["policies"]["p"] = forged
+    doc.maps["policies"]["p"] = register
     doc.maps["policies"]["q"] = b"\xc1 not msgpack"
     doc.maps["policies"]["r"] = 42  # a Yjs number, not register bytes
+    doc.maps["policies"]["s"] = b"\x93\x01\x02\x03"  # msgpack, but not a register
     for seq, update in enumerate(updates, start=1):
         target.receive("w", seq, update)
-    assert target.snapshot()["policies"] == {}
+    # A register belongs to the document holding it: whatever it was built with, it is w's.
+    assert target.snapshot()["policies"] == {"p": "mine"}
+    assert target.register("policies", "p").writer == "w"  # type: ignore[union-attr]
     assert target.invalid_entries == 3
 
 

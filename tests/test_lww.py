@@ -127,7 +127,7 @@ def test_concurrency_is_decided_by_context() -> None:
 
 @given(tombstones_or_values())
 def test_register_encoding_round_trips(register: Register) -> None:
-    decoded = Register.decode(register.encode())
+    decoded = Register.decode(register.encode(), register.writer)
     assert decoded == register
     assert decoded.context == register.context
 
@@ -135,34 +135,34 @@ def test_register_encoding_round_trips(register: Register) -> None:
 @given(st.binary(max_size=200))
 def test_register_decode_raises_only_decode_error(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
-        Register.decode(data)
+        Register.decode(data, "w")
 
 
 @pytest.mark.parametrize(
     "fields",
     [
-        [2, False, 1, 1, 0, "w", 1, None, {}],  # unknown format
-        [1, "no", 1, 1, 0, "w", 1, None, {}],  # deleted not a bool
-        [1, False, 1, 1, 0, "", 1, None, {}],  # empty writer
-        [1, False, 1, 1, 0, "w", 0, None, {}],  # version 0
-        [1, False, 1, 1.5, 0, "w", 1, None, {}],  # float wall time
-        [1, False, 1, 1, True, "w", 1, None, {}],  # bool logical
-        [1, False, 1, 1, 0, "w", 1, ["x"], {}],  # bad supersedes
-        [1, False, 1, 1, 0, "w", 1, None, []],  # context not a map
-        [1, False, 1, 1, 0, "w", 1, None, {"x": [1]}],  # bad context timestamp
-        [1, True, "value", 1, 0, "w", 1, None, {}],  # tombstone with a value
-        [1, False, 1, 1, 0, "w", 1, None],  # too short
+        [2, False, 1, 1, 0, 1, None, {}],  # unknown format
+        [1, "no", 1, 1, 0, 1, None, {}],  # deleted not a bool
+        [1, False, 1, 1, 0, 0, None, {}],  # version 0
+        [1, False, 1, 1.5, 0, 1, None, {}],  # float wall time
+        [1, False, 1, 1, True, 1, None, {}],  # bool logical
+        [1, False, 1, 1, 0, 1, ["x"], {}],  # bad supersedes
+        [1, False, 1, 1, 0, 1, None, []],  # context not a map
+        [1, False, 1, 1, 0, 1, None, {"x": [1]}],  # bad context timestamp
+        [1, True, "value", 1, 0, 1, None, {}],  # tombstone with a value
+        [1, False, 1, 1, 0, 1, None],  # too short
+        [1, False, 1, 1, 0, "w", 1, None, {}],  # the old layout, with a writer field
     ],
 )
 def test_malformed_registers_are_rejected(fields: list[object]) -> None:
     with pytest.raises(DecodeError):
-        Register.decode(msgpack.packb(fields))
+        Register.decode(msgpack.packb(fields), "w")
 
 
 @given(plain_values())
 def test_values_round_trip_through_registers(value: object) -> None:
     register = Register(value=value, hlc=Timestamp(1), writer="w", version=1)
-    assert Register.decode(register.encode()).value == value
+    assert Register.decode(register.encode(), register.writer).value == value
 
 
 def test_unencodable_value_is_a_typed_error() -> None:

@@ -473,7 +473,7 @@ class ScopeState:
         data = self.documents[writer].get(collection, key)
         # Indexed entries were decoded successfully when they arrived.
         assert data is not None
-        return Register.decode(data)
+        return Register.decode(data, writer)
 
     def get(self, collection: str, key: str, default: Any = None) -> Any:
         """The visible value of a key, or ``default`` if unset or deleted."""
@@ -573,7 +573,7 @@ class ScopeState:
                 # The fast path: a key nobody has written.
                 try:
                     data = msgpack.packb(
-                        [REGISTER_FORMAT, op.deleted, value, wall, logical, writer, 1, None, {}],
+                        [REGISTER_FORMAT, op.deleted, value, wall, logical, 1, None, {}],
                         use_bin_type=True,
                     )
                 except (TypeError, ValueError, OverflowError) as exc:
@@ -700,14 +700,12 @@ class ScopeState:
             register: Register | None = None
             if data is not None:
                 try:
-                    register = Register.decode(data)
+                    register = Register.decode(data, writer)
                 except DecodeError:
                     register = None
-                if register is not None and register.writer != writer:
-                    register = None
             if register is None:
-                # Deterministic on every replica: an entry that is not a register of this
-                # writer does not count, and hides whatever the writer had there before.
+                # Deterministic on every replica: an entry that is not a register does not
+                # count, and hides whatever the writer had there before.
                 self.invalid_entries += data is not None
                 if self._drop_head(ref, writer, old):
                     changed.append(ref)
@@ -758,7 +756,7 @@ class ScopeState:
         if writer is not None:
             data = old_own if old_own is not None else self.documents[writer].get(*ref)
             assert data is not None
-            self._index(ref, Register.decode(data))
+            self._index(ref, Register.decode(data, writer))
         return record
 
     def _index(self, ref: KeyRef, register: Register) -> bool:
@@ -826,10 +824,8 @@ class ScopeState:
                 if data is None or not allowed[collection]:
                     continue
                 try:
-                    register = Register.decode(data)
+                    register = Register.decode(data, writer)
                 except DecodeError:
-                    continue
-                if register.writer != writer:
                     continue
                 ref = (collection, key)
                 if key not in self._winner_of[collection] and ref not in self._records:

@@ -116,7 +116,6 @@ class Register:
         return encode_register_fields(
             value=self.value,
             hlc=self.hlc,
-            writer=self.writer,
             version=self.version,
             supersedes=sup,
             context={w: [t.wall, t.logical] for w, t in self.context.items()},
@@ -124,17 +123,20 @@ class Register:
         )
 
     @classmethod
-    def decode(cls, data: bytes | bytearray) -> Register:
-        """Decode a register from untrusted bytes.
+    def decode(cls, data: bytes | bytearray, writer: str) -> Register:
+        """Decode a register from untrusted bytes found in ``writer``'s document.
+
+        The writer is not part of the encoding: a register belongs to the document that holds
+        it, so no writer can claim another's id, and the bytes on the wire stay small.
 
         Raises:
             DecodeError: if the bytes are not a well-formed register.
         """
         fields = decode(data, REGISTER_LIMITS)
-        if type(fields) is not list or len(fields) != 9 or fields[0] != REGISTER_FORMAT:
+        if type(fields) is not list or len(fields) != 8 or fields[0] != REGISTER_FORMAT:
             raise DecodeError("not a register", reason="register-shape")
-        _, deleted, value, wall, logical, writer, version, sup, ctx = fields
-        if type(deleted) is not bool or type(writer) is not str or not writer:
+        _, deleted, value, wall, logical, version, sup, ctx = fields
+        if type(deleted) is not bool:
             raise DecodeError("register header fields have the wrong type", reason="register")
         if type(version) is not int or version < 1:
             raise DecodeError("register version must be a positive int", reason="register")
@@ -168,7 +170,6 @@ def encode_register_fields(
     *,
     value: Any,
     hlc: Timestamp,
-    writer: str,
     version: int,
     supersedes: VersionRef | None,
     context: Mapping[str, list[int]],
@@ -182,7 +183,7 @@ def encode_register_fields(
     sup = None if supersedes is None else [supersedes.writer, supersedes.version]
     try:
         return msgpack.packb(  # type: ignore[no-any-return]
-            [REGISTER_FORMAT, deleted, value, hlc.wall, hlc.logical, writer, version, sup, context],
+            [REGISTER_FORMAT, deleted, value, hlc.wall, hlc.logical, version, sup, context],
             use_bin_type=True,
         )
     except (TypeError, ValueError, OverflowError) as exc:
