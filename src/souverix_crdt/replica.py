@@ -1104,6 +1104,13 @@ class Replica:
                     self._rebuild(key)
         return new
 
+    def authority_digest(self) -> bytes:
+        """A digest of every delegation, revocation and proof known (equal sets, equal digest)."""
+        digests = sorted(d.digest for d in self.authority.delegations())
+        digests += sorted(r.digest for r in self.authority.revocations())
+        digests += sorted(hashlib.sha256(a + b).digest() for a, b in self.proofs())
+        return hashlib.sha256(b"".join(digests)).digest()
+
     def delegations(self) -> list[bytes]:
         """Every known delegation, encoded (to send to peers)."""
         return [d.encode() for d in self.authority.delegations()]

@@ -82,6 +82,9 @@ class Hello:
         chain: The replica's delegation chain, root first (encoded delegations).
         interest: Scope paths whose data the replica wants (its subtree roots).
         frontiers: For every chain in those scopes, how far the replica has it.
+        authority: Digest of the delegations, revocations and proofs the replica knows; a peer
+            whose digest differs sends its authority items, so sessions between replicas that
+            know the same authority exchange none.
     """
 
     fleet_id: str
@@ -90,6 +93,7 @@ class Hello:
     chain: tuple[bytes, ...]
     interest: tuple[str, ...]
     frontiers: tuple[FrontierRow, ...]
+    authority: bytes = b""
 
 
 @attrs.frozen
@@ -151,6 +155,7 @@ def encode_message(message: Message) -> bytes:
             "chain": list(message.chain),
             "interest": list(message.interest),
             "frontiers": _rows(message.frontiers),
+            "authority": message.authority,
         }
     elif isinstance(message, Envelopes):
         kind, body = MessageType.ENVELOPES, {"items": list(message.items)}
@@ -217,6 +222,7 @@ def _hello(body: Mapping[str, Any]) -> Hello:
         chain=tuple(_bytes(item, "chain item") for item in _list(body["chain"], "chain")),
         interest=tuple(_str(item, "interest") for item in _list(body["interest"], "interest")),
         frontiers=_frontiers(body["frontiers"]),
+        authority=_bytes(body["authority"], "authority"),
     )
 
 
@@ -235,7 +241,7 @@ def _authority(body: Mapping[str, Any]) -> AuthorityItems:
 
 _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], Message]]]] = {
     MessageType.HELLO.value: (
-        frozenset({"fleet", "replica", "key", "chain", "interest", "frontiers"}),
+        frozenset({"fleet", "replica", "key", "chain", "interest", "frontiers", "authority"}),
         _hello,
     ),
     MessageType.ENVELOPES.value: (

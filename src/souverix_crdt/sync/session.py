@@ -258,8 +258,10 @@ class SyncSession:
         replica.register_peer(hello.replica, [grant.scope])
         replica.acknowledge(hello.replica, [(r.scope, r.writer, r.seq) for r in hello.frontiers])
         self.state = SessionState.OPEN
-        # The peer may be missing delegations we learned since our hello: send them again.
-        self._send_authority()
+        if hello.authority != replica.authority_digest():
+            # The peer knows other delegations, revocations or proofs than we do: send ours
+            # (its hello to us will bring us its own).
+            self._send_authority()
         self._merge_frontiers(hello.frontiers, reset=True)
         self._fill()
 
@@ -333,9 +335,9 @@ class SyncSession:
             chain=tuple(d.encode() for d in replica.identity.chain),
             interest=(str(replica.identity.scope),),
             frontiers=rows,
+            authority=replica.authority_digest(),
         )
         self._queue(encode_message(hello))
-        self._send_authority()
 
     def _send_authority(self) -> None:
         replica = self.replica
