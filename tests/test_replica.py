@@ -404,3 +404,26 @@ def test_sqlite_disk_full_and_busy_at_each_statement_of_a_write(
     assert statements >= 4  # envelope, outbox, hlc... each statement was hit
     assert policies.set("next", 2).seq == 3
     store.close()
+
+
+def test_a_register_dated_after_its_envelope_does_not_count() -> None:
+    """A writer cannot hide a far-future timestamp inside its data past the clock bound."""
+    c = cluster()
+    region = c["region-a"]
+    member = FLEET["edge-a1"]
+    region.add_delegations([d.encode() for d in member.chain])
+    forger = ScopeState(region.fleet.scope(EDGE).scope)
+    chain = f"{member.key_id}~0"
+    honest = forger.write(chain, Timestamp(NOW), [WriteOp("policies", "fine", 1)])
+    sealed = member.seal(seq=1, scope=EDGE, payload=honest.update, hlc=Timestamp(NOW))
+    future = forger.write(chain, Timestamp(NOW + 10**9), [WriteOp("policies", "p", "forever")])
+    # The envelope claims an honest time; the register inside claims a day and more later.
+    forged = member.seal(
+        seq=2, prev=sealed.id, scope=EDGE, payload=future.update, hlc=Timestamp(NOW + 1)
+    )
+    assert [r.outcome for r in region.ingest_many([sealed.data, forged.data])] == [
+        IngestOutcome.APPLIED,
+        IngestOutcome.APPLIED,
+    ]
+    assert region.scope(EDGE).policies["fine"] == 1
+    assert "p" not in region.scope(EDGE).policies

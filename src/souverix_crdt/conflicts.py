@@ -168,6 +168,10 @@ class ConflictLog:
         """Forget every record (before a rebuild)."""
         self._records.clear()
 
+    def discard_scope(self, scope: str) -> None:
+        """Forget one scope's records (before that scope is replayed from its log)."""
+        self._records = {r for r in self._records if r.scope != scope}
+
     def __len__(self) -> int:
         return len(self._records)
 

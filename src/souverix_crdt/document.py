@@ -626,11 +626,17 @@ class ScopeState:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, writer: str, seq: int, update: bytes) -> list[KeyRef]:
+    def receive(
+        self, writer: str, seq: int, update: bytes, *, max_hlc: Timestamp | None = None
+    ) -> list[KeyRef]:
         """Take one of a writer's updates, in any order; apply what is contiguous.
 
         Duplicates (``seq`` already applied) are ignored. Early arrivals wait until the gap
         before them fills, then everything contiguous is applied in order.
+
+        ``max_hlc`` bounds the timestamps of the registers the update carries (the envelope's
+        own HLC, which was checked against the clock): a register dated later does not count,
+        so a writer cannot smuggle a far-future timestamp past the clock bound inside its data.
 
         Returns:
             ``(collection, key)`` of every key whose winner changed.
@@ -657,7 +663,7 @@ class ScopeState:
             pending.setdefault(seq, update)
             return []
         try:
-            changed = self.apply_next(writer, update)
+            changed = self.apply_next(writer, update, max_hlc=max_hlc)
         except InvalidUpdateError:
             if created:
                 del self.documents[writer]  # leave no trace of a writer that sent only garbage
@@ -678,7 +684,9 @@ class ScopeState:
             del self._pending[writer]
         return changed
 
-    def apply_next(self, writer: str, update: bytes) -> list[KeyRef]:
+    def apply_next(
+        self, writer: str, update: bytes, *, max_hlc: Timestamp | None = None
+    ) -> list[KeyRef]:
         """Apply the update that carries the writer's next sequence number.
 
         Returns:
@@ -703,6 +711,8 @@ class ScopeState:
                     register = Register.decode(data, writer)
                 except DecodeError:
                     register = None
+                if register is not None and max_hlc is not None and register.hlc > max_hlc:
+                    register = None
             if register is None:
                 # Deterministic on every replica: an entry that is not a register does not
                 # count, and hides whatever the writer had there before.
@@ -719,7 +729,9 @@ class ScopeState:
                 changed.append(ref)
         return changed
 
-    def apply_checkpoint(self, writer: str, seq: int, state: bytes) -> list[KeyRef]:
+    def apply_checkpoint(
+        self, writer: str, seq: int, state: bytes, *, max_hlc: Timestamp | None = None
+    ) -> list[KeyRef]:
         """Bring a writer's document forward to a snapshot of it taken at sequence ``seq``.
 
         The snapshot is a full-state pycrdt update; what the document already holds merges
@@ -731,7 +743,7 @@ class ScopeState:
         doc = self.document(writer)
         if seq <= doc.seq:
             return []
-        changed = self.apply_next(writer, state)
+        changed = self.apply_next(writer, state, max_hlc=max_hlc)
         doc.seq = seq
         self._pending.pop(writer, None)
         return changed
@@ -809,6 +821,16 @@ class ScopeState:
         else:
             winner_of[ref[1]] = record.winner.writer
         return True
+
+    def reset(self) -> None:
+        """Forget every document and the whole index (before replaying the scope's log)."""
+        self.documents.clear()
+        for table in self._winner_of.values():
+            table.clear()
+        self._records.clear()
+        self._pending.clear()
+        self.invalid_entries = 0
+        self.invalid_updates = 0
 
     def rebuild_index(self) -> None:
         """Recompute the index from the documents (after a policy change: a rank or a grant).

@@ -112,12 +112,12 @@ class Register:
 
     def encode(self) -> bytes:
         """Encode as msgpack bytes (never as Yjs numbers, which come back as floats)."""
-        sup = self.supersedes
         return encode_register_fields(
             value=self.value,
             hlc=self.hlc,
             version=self.version,
-            supersedes=sup,
+            supersedes=self.supersedes,
+            writer=self.writer,
             context={w: [t.wall, t.logical] for w, t in self.context.items()},
             deleted=self.deleted,
         )
@@ -132,7 +132,7 @@ class Register:
         Raises:
             DecodeError: if the bytes are not a well-formed register.
         """
-        fields = decode(data, REGISTER_LIMITS)
+        fields = decode(data, REGISTER_LIMITS, unique_keys=False)
         if type(fields) is not list or len(fields) != 8 or fields[0] != REGISTER_FORMAT:
             raise DecodeError("not a register", reason="register-shape")
         _, deleted, value, wall, logical, version, sup, ctx = fields
@@ -145,11 +145,11 @@ class Register:
             if (
                 type(sup) is not list
                 or len(sup) != 2
-                or type(sup[0]) is not str
+                or (sup[0] is not None and type(sup[0]) is not str)
                 or type(sup[1]) is not int
             ):
                 raise DecodeError("bad supersedes reference", reason="register")
-            supersedes = VersionRef(sup[0], sup[1])
+            supersedes = VersionRef(writer if sup[0] is None else sup[0], sup[1])
         if type(ctx) is not dict:
             raise DecodeError("register context must be a map", reason="register")
         context = {w: Timestamp.from_list(t) for w, t in ctx.items()}
@@ -174,13 +174,19 @@ def encode_register_fields(
     supersedes: VersionRef | None,
     context: Mapping[str, list[int]],
     deleted: bool,
+    writer: str = "",
 ) -> bytes:
     """Encode register fields without building a :class:`Register` (the write hot path).
+
+    A writer superseding its own register names itself as ``nil``: the document already says
+    who it is, and the common case (a writer updating its own key) saves a chain id per key.
 
     Raises:
         InvalidValueError: if ``value`` is not plain msgpack-able data.
     """
-    sup = None if supersedes is None else [supersedes.writer, supersedes.version]
+    sup: list[Any] | None = None
+    if supersedes is not None:
+        sup = [None if supersedes.writer == writer else supersedes.writer, supersedes.version]
     try:
         return msgpack.packb(  # type: ignore[no-any-return]
             [REGISTER_FORMAT, deleted, value, hlc.wall, hlc.logical, version, sup, context],

@@ -345,6 +345,7 @@ class Replica:
         self._envelope_listeners: list[Callable[[StoredEnvelope, str | None], None]] = []
         self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
         self._checkpoints: dict[Key, tuple[int, bytes]] = {}
+        self._own_grant: Grant | None = None
         self.clock = Clock(wall_clock, max_offset=max_offset, floor=store.hlc())
         self._load()
 
@@ -411,7 +412,9 @@ class Replica:
             return False  # revoked since, or no longer verifiable: it stops counting here
         state = self._chain(key)
         self.policy.grants[key[1]] = verified.grant
-        self.fleet.scope(key[0]).receive(key[1], stored.seq, verified.payload)
+        self.fleet.scope(key[0]).receive(
+            key[1], stored.seq, verified.payload, max_hlc=verified.header.hlc
+        )
         state.seq, state.last_id = stored.seq, stored.id
         if stored.hlc > self.clock.last:
             self.clock.observe(stored.hlc)
@@ -433,7 +436,9 @@ class Replica:
             return False
         state = self._chain(key)
         self.policy.grants[key[1]] = verified.grant
-        self.fleet.scope(key[0]).apply_checkpoint(key[1], kept[0], verified.state)
+        self.fleet.scope(key[0]).apply_checkpoint(
+            key[1], kept[0], verified.state, max_hlc=verified.header.hlc
+        )
         state.seq, state.last_id = kept[0], verified.last_id
         return True
 
@@ -451,9 +456,15 @@ class Replica:
     # ================================================================== identity and policy
 
     def _own_grant_at(self, at: Timestamp) -> Grant:
-        return _verify_chain(
-            self.anchors, self.identity.chain, at=max(at, self.identity.leaf.not_before)
-        )
+        # Verifying the chain costs a signature check per link; a write only needs it again
+        # when the window ends or the authority changes (a revocation clears the cache).
+        at = max(at, self.identity.leaf.not_before)
+        cached = self._own_grant
+        if cached is not None and cached.not_before <= at < cached.not_after:
+            return cached
+        grant = _verify_chain(self.anchors, self.identity.chain, at=at)
+        self._own_grant = grant
+        return grant
 
     def _strategy_for(self, scope: Scope) -> Strategy:
         # The master of record's autonomy decides: a conditional scope lets a higher authority
@@ -468,7 +479,7 @@ class Replica:
             strategy = self._strategy_for(scope)
             if strategy is not state.strategy:
                 state.strategy = strategy
-                state.rebuild_index()
+                self._rebuild_scope(scope)
 
     def _chain(self, key: Key) -> _Chain:
         state = self._chains.get(key)
@@ -557,10 +568,13 @@ class Replica:
             raise ValueError("a transaction needs at least one write")
         grant = self._own_grant_at(self.clock.last)
         grant.check_scope(target)
-        for op in ops:
-            capability_name = op.collection
-            if capability_name in COLLECTIONS and not grant.allows_collection(capability_name):
-                grant.check_capability(COLLECTION_CAPABILITY[capability_name])
+        if self.authority.is_revoked(self.identity.key_id):
+            self.authority.check_not_revoked(
+                grant, target, self._chain((target, self.chain)).seq + 1
+            )
+        for collection in {op.collection for op in ops}:
+            if collection in COLLECTIONS and not grant.allows_collection(collection):
+                grant.check_capability(COLLECTION_CAPABILITY[collection])
         key = (target, self.chain)
         state = self._chain(key)
         before = self.clock.last
@@ -706,7 +720,9 @@ class Replica:
         self.policy.grants[header.chain] = verified.grant
         scope_state = self.fleet.scope(header.scope)
         try:
-            changed = scope_state.receive(header.chain, header.seq, verified.payload)
+            changed = scope_state.receive(
+                header.chain, header.seq, verified.payload, max_hlc=header.hlc
+            )
         except InvalidUpdateError as exc:
             return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
         step.touched.add(key)
@@ -821,7 +837,7 @@ class Replica:
         batch.meta[f"{_EQUIVOCATION_META}{key[0]}|{key[1]}"] = encode([seq, first, second])
         state.pending = {s: v for s, v in state.pending.items() if s < seq}
         if state.seq >= seq:
-            self._rebuild(key, upto=seq - 1, pending_batch=batch)
+            self._rebuild(key, pending_batch=batch)
 
     def add_proof(self, first: bytes, second: bytes) -> bool:
         """Take an equivocation proof from a peer: two verified envelopes, one (scope, chain, seq).
@@ -857,49 +873,54 @@ class Replica:
 
     # ================================================================== rebuilding
 
-    def _rebuild(
-        self, key: Key, *, upto: int | None = None, pending_batch: Batch | None = None
-    ) -> None:
-        """Rebuild one chain's document from its log, without what no longer counts."""
-        scope, chain = key
+    def _rebuild(self, key: Key, *, pending_batch: Batch | None = None) -> None:
+        """Rebuild the scope of one chain from the log, without what no longer counts.
+
+        Every chain of the scope is replayed, not only the one that changed, so conflict chains,
+        history and the audit records of the scope come out exactly as if the late decision (a
+        revocation, an equivocation, a strategy) had been known from the start.
+        """
+        self._rebuild_scope(key[0], pending_batch=pending_batch)
+
+    def _rebuild_scope(self, scope: Scope, *, pending_batch: Batch | None = None) -> None:
         scope_state = self.fleet.scope(scope)
-        scope_state.documents.pop(chain, None)
+        scope_state.reset()
+        self.fleet.conflicts.discard_scope(str(scope))
+        for key in sorted((k for k in self._chains if k[0] == scope), key=lambda k: k[1]):
+            self._replay_chain(key, pending_batch)
+
+    def _replay_chain(self, key: Key, pending_batch: Batch | None) -> None:
+        path, chain = str(key[0]), key[1]
         state = self._chain(key)
         state.seq, state.last_id = 0, b""
         limit = state.cut_from - 1 if state.cut_from is not None else None
-        if upto is not None:
-            limit = upto if limit is None else min(limit, upto)
         self._restore_checkpoint(key, limit=limit)
-        after = state.seq
-        while True:
-            rows = self.store.envelopes_after(str(scope), chain, after, 1000)
-            if pending_batch is not None:
-                rows += [
-                    e
-                    for e in pending_batch.envelopes
-                    if (e.scope, e.writer) == (str(scope), chain) and e.seq > after
-                ]
-                rows.sort(key=lambda e: e.seq)
+        extra: list[StoredEnvelope] = []
+        if pending_batch is not None:
+            extra = sorted(
+                (e for e in pending_batch.envelopes if (e.scope, e.writer) == (path, chain)),
+                key=lambda e: e.seq,
+            )
+            if limit is not None:
                 # Envelopes of this batch that now lie past the cut must not be committed.
                 pending_batch.envelopes = [
                     e
                     for e in pending_batch.envelopes
-                    if (e.scope, e.writer) != (str(scope), chain) or limit is None or e.seq <= limit
+                    if (e.scope, e.writer) != (path, chain) or e.seq <= limit
                 ]
+        after = state.seq
+        while True:
+            rows = self.store.envelopes_after(path, chain, after, 1000)
             if not rows:
-                break
-            stop = False
+                rows = [e for e in extra if e.seq > after]
+                if not rows:
+                    return
             for stored in rows:
                 if stored.seq != state.seq + 1 or (limit is not None and stored.seq > limit):
-                    stop = True
-                    break
+                    return
                 if not self._replay(key, stored):
-                    stop = True
-                    break
-            if stop or pending_batch is not None:
-                break
+                    return
             after = rows[-1].seq
-        scope_state.rebuild_index()
 
     def _forget_uncommitted(self, batch: Batch) -> None:
         for item in batch.pending_add:
@@ -988,7 +1009,9 @@ class Replica:
         self.policy.grants[header.chain] = verified.grant
         scope_state = self.fleet.scope(header.scope)
         try:
-            changed = scope_state.apply_checkpoint(header.chain, header.seq, verified.state)
+            changed = scope_state.apply_checkpoint(
+                header.chain, header.seq, verified.state, max_hlc=header.hlc
+            )
         except InvalidUpdateError as exc:
             return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
         state.seq, state.last_id = header.seq, verified.last_id
@@ -1094,6 +1117,7 @@ class Replica:
         if not batch.is_empty():
             self.store.commit(batch)
         if new:
+            self._own_grant = None
             for key, state in list(self._chains.items()):
                 grant = self.policy.grants.get(key[1])
                 if (
