@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgpack
 import pycrdt
 
@@ -17,12 +19,13 @@ BATCH = 100
 
 
 def node_value(i: int, generation: int = 0) -> dict[str, object]:
-    """A realistic node record: small, mixed types."""
+    """A realistic node record: small, mixed types, with a serial that does not compress."""
     return {
         "status": "healthy",
         "version": f"1.{generation}.{i % 7}",
         "cpu": i % 100,
         "ready": True,
+        "serial": hashlib.sha256(f"{i}/{generation}".encode()).hexdigest()[:16],
     }
 
 

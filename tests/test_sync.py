@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -261,3 +263,30 @@ def test_sync_debt_grows_while_cut_off_and_settles_after_heal() -> None:
     cluster.settle()
     assert region.sync_debt("global").envelopes == 0
     assert region.sync_debt("global").oldest_age_ms == 0
+
+
+# --------------------------------------------------------------------------- batch compression
+
+
+def test_large_batches_travel_compressed_and_round_trip() -> None:
+    items = tuple(b"envelope-%05d " % i + b"x" * 200 for i in range(100))
+    frame = encode_message(Envelopes(items))
+    assert len(frame) < sum(map(len, items)) // 2
+    assert decode_message(frame) == Envelopes(items)
+    small = (b"tiny",)
+    assert decode_message(encode_message(Envelopes(small))) == Envelopes(small)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"items": [], "z": zlib.compress(b"\x00" * (64 * 1024 * 1024))},  # inflates past the limit
+        {"items": [], "z": zlib.compress(encode([b"a"]))[:-3]},  # truncated stream
+        {"items": [], "z": b"not zlib at all"},
+        {"items": [b"a"], "z": zlib.compress(encode([b"b"]))},  # both plain and compressed
+        {"items": [], "z": zlib.compress(encode({"not": "a list"}))},
+    ],
+)
+def test_hostile_compressed_batches_are_typed_errors(body: dict[str, object]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_message(encode([PROTOCOL_VERSION, "envelopes", body]))

@@ -12,6 +12,7 @@ chain, so a handshake grows with the number of writers, never with the amount of
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -158,7 +159,7 @@ def encode_message(message: Message) -> bytes:
             "authority": message.authority,
         }
     elif isinstance(message, Envelopes):
-        kind, body = MessageType.ENVELOPES, {"items": list(message.items)}
+        kind, body = MessageType.ENVELOPES, _envelopes_body(message.items)
     elif isinstance(message, Ack):
         kind, body = MessageType.ACK, {"frontiers": _rows(message.frontiers)}
     elif isinstance(message, AuthorityItems):
@@ -173,6 +174,47 @@ def encode_message(message: Message) -> bytes:
     else:
         kind, body = MessageType.CLOSE, {"reason": message.reason}
     return encode([PROTOCOL_VERSION, kind.value, body])
+
+
+#: Batches smaller than this are sent as they are: compressing them gains nothing.
+COMPRESS_ABOVE: Final = 1024
+
+
+def _envelopes_body(items: tuple[bytes, ...]) -> dict[str, Any]:
+    # Fleet data is repetitive (the same fields and values in every node record), so a batch
+    # usually deflates to a fraction of its size; the signed envelopes inside are untouched.
+    plain = encode(list(items))
+    if len(plain) > COMPRESS_ABOVE:
+        packed = zlib.compress(plain, 6)
+        if len(packed) < len(plain) * 9 // 10:
+            return {"items": [], "z": packed}
+    return {"items": list(items), "z": b""}
+
+
+def _inflate(data: bytes, limits: Limits) -> list[Any]:
+    inflater = zlib.decompressobj()
+    try:
+        plain = inflater.decompress(data, limits.max_size + 1)
+    except zlib.error as exc:
+        raise _fail(f"compressed batch does not inflate: {exc}", "malformed") from exc
+    # Checked while inflating, never after: a small frame must not become a huge allocation.
+    if len(plain) > limits.max_size or inflater.unconsumed_tail or not inflater.eof:
+        raise _fail("compressed batch is truncated or inflates past the limit", "too-large")
+    try:
+        items = decode(plain, limits)
+    except DecodeError as exc:
+        raise _fail(f"compressed batch does not decode: {exc}", "malformed") from exc
+    return _list(items, "items")
+
+
+def _envelopes(body: Mapping[str, Any]) -> Envelopes:
+    items = _list(body["items"], "items")
+    packed = _bytes(body["z"], "z")
+    if packed:
+        if items:
+            raise _fail("a batch is either plain or compressed", "schema")
+        items = _inflate(packed, MESSAGE_LIMITS)
+    return Envelopes(tuple(_bytes(i, "envelope") for i in items))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -244,10 +286,7 @@ _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]],
         frozenset({"fleet", "replica", "key", "chain", "interest", "frontiers", "authority"}),
         _hello,
     ),
-    MessageType.ENVELOPES.value: (
-        frozenset({"items"}),
-        lambda b: Envelopes(tuple(_bytes(i, "envelope") for i in _list(b["items"], "items"))),
-    ),
+    MessageType.ENVELOPES.value: (frozenset({"items", "z"}), _envelopes),
     MessageType.ACK.value: (frozenset({"frontiers"}), lambda b: Ack(_frontiers(b["frontiers"]))),
     MessageType.AUTHORITY.value: (
         frozenset({"delegations", "revocations", "proofs"}),

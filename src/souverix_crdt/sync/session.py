@@ -274,6 +274,12 @@ class SyncSession:
         results = self.replica.ingest_many(message.items, source=self.peer_name)
         self.envelopes_received += len(message.items)
         touched = {(r.scope, r.chain) for r in results if r.chain}
+        for result in results:
+            if result.chain and result.outcome in (IngestOutcome.APPLIED, IngestOutcome.DUPLICATE):
+                # The peer holds what it sent us: never send it back.
+                key = (result.scope, result.chain)
+                if result.seq > self._peer_seq.get(key, 0):
+                    self._peer_seq[key] = result.seq
         rows = []
         for scope, chain in sorted(touched):
             seq = self.replica.chain_seq(scope, chain)
