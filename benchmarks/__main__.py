@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import bench_lww, bench_replica  # noqa: F401  (they register their benchmarks)
+from . import bench_authority, bench_lww, bench_replica  # noqa: F401  (they register benchmarks)
 from .runner import REGISTRY, Context, machine
 
 

@@ -9,6 +9,7 @@ import msgpack
 import pycrdt
 
 from souverix_crdt.document import WriteOp
+from souverix_crdt.envelope import open_envelope
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.store.sqlite import SqliteStore
@@ -53,7 +54,9 @@ def durable_write(ctx: Context) -> None:
     n = 5_000 if ctx.quick else 20_000
     items = keys_and_values(n)
     encoded = [(k, msgpack.packb(v)) for k, v in items]
-    batches = [[WriteOp("nodes", k, v) for k, v in items[i : i + BATCH]] for i in range(0, n, BATCH)]
+    batches = [
+        [WriteOp("nodes", k, v) for k, v in items[i : i + BATCH]] for i in range(0, n, BATCH)
+    ]
     directory = Path(tempfile.mkdtemp(prefix="souverix-bench-"))
     counter = [0]
 
@@ -91,8 +94,6 @@ def envelopes_from(n: int, per_envelope: int) -> tuple[Replica, list[bytes], lis
     for i in range(0, n, per_envelope):
         writer.write(SCOPE, [WriteOp("nodes", k, v) for k, v in items[i : i + per_envelope]])
     frames = writer.envelopes_after(SCOPE, writer.chain, 0, n)
-    from souverix_crdt.envelope import open_envelope
-
     authority = writer.authority
     payloads = [
         open_envelope(f, authority, physical_now=NOW, max_offset=500).payload for f in frames

@@ -23,7 +23,21 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
     assert payload["mode"] == "quick"
     assert payload["machine"]["cpus"] >= 1
     figures = payload["figures"]
-    for name in ("lww_write_ratio", "merge_ratio"):
+    expected = (
+        "lww_write_ratio",
+        "merge_ratio",
+        "seal_per_s",
+        "open_per_s",
+        "signed_apply_ratio_1",
+        "signed_apply_ratio_10",
+        "signed_apply_ratio_100",
+        "durable_write_ratio",
+        "ingest_ratio",
+        "catchup_bytes_ratio_k100",
+        "catchup_vs_full_state_k100",
+        "insync_handshake_bytes",
+    )
+    for name in expected:
         figure = figures[name]
         assert figure["value"] > 0
         assert figure["baseline"] > 0
