@@ -427,3 +427,42 @@ def test_a_register_dated_after_its_envelope_does_not_count() -> None:
     ]
     assert region.scope(EDGE).policies["fine"] == 1
     assert "p" not in region.scope(EDGE).policies
+
+
+def test_replaying_an_old_envelope_changes_nothing_and_audits_nothing() -> None:
+    c = cluster()
+    region, edge = c["region-a"], c["edge-a1"]
+    share_authority(region, edge)
+    region.scope(EDGE).policies.set("p", "region")
+    edge.scope(EDGE).policies.set("p", "edge")
+    old = envelopes_of(edge, EDGE)
+    region.ingest_many(old)
+    before = (region.digest(), region.conflicts(), region.status().frontiers)
+    assert len(before[1]) == 1
+    for _ in range(3):
+        assert region.ingest(old[0]).outcome is IngestOutcome.DUPLICATE
+    assert (region.digest(), region.conflicts(), region.status().frontiers) == before
+
+
+def test_the_pending_area_is_bounded() -> None:
+    fleet_cluster = Cluster(FLEET, ["region-a", "edge-a1"])
+    region, edge = fleet_cluster["region-a"], fleet_cluster["edge-a1"]
+    member = FLEET["region-a"]
+    small = Replica(
+        Identity(member.key, member.chain),
+        FLEET.anchors,
+        MemoryStore(),
+        wall_clock=lambda: NOW,
+        max_pending=3,
+        epoch=9,
+    )
+    small.add_delegations(edge.delegations())
+    for i in range(6):
+        edge.scope(EDGE).nodes.set(f"n{i}", i)
+    frames = envelopes_of(edge, EDGE)
+    outcomes = [small.ingest(frame).outcome for frame in frames[1:]]  # seq 1 never arrives
+    assert outcomes == [IngestOutcome.PENDING] * 3 + [IngestOutcome.REJECTED] * 2
+    assert small.status().pending == 3
+    assert small.ingest(frames[0]).outcome is IngestOutcome.APPLIED
+    assert small.status().pending == 0
+    del region
