@@ -13,6 +13,8 @@ The tree, in short::
     │   └── InvalidUpdateError       a pycrdt update that does not decode or apply
     ├── InvalidScopeError            a scope path that is not canonical
     ├── InvalidValueError            a key or value that cannot be stored
+    ├── TopologyError                a federation topology file that does not validate
+    ├── KeyFileError                 a federation key directory that cannot be trusted or read
     ├── ClockError
     │   ├── ClockSkewError           a remote timestamp too far ahead of the local clock
     │   └── ClockOverflowError       the logical counter reached its bound
@@ -58,6 +60,7 @@ __all__ = [
     "InvalidScopeError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "KeyFileError",
     "LocalProtocolError",
     "MalformedEnvelopeError",
     "NotYetValidError",
@@ -74,6 +77,7 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "TooLargeError",
+    "TopologyError",
     "TransportBrokenError",
     "TransportClosedError",
     "TransportError",
@@ -140,6 +144,41 @@ class InvalidValueError(SouverixError, ValueError):
     def __init__(self, message: str, *, reason: str = "", key: object = None) -> None:
         super().__init__(message, reason=reason)
         self.key = key
+
+
+# --------------------------------------------------------------------------- federation files
+
+
+class TopologyError(SouverixError, ValueError):
+    """A topology file does not validate. The message is one line: ``file: field: detail``.
+
+    Attributes:
+        file: The file it came from (``"<string>"`` for text given directly).
+        field: The dotted path of the offending field (``control_planes.edge-a1.sync.upstream``),
+            or ``""`` when the document as a whole is wrong (a YAML syntax error).
+        detail: What was wrong, for humans.
+        reason: A short, stable code: ``syntax``, ``missing``, ``unknown-field``, ``type``,
+            ``value``, ``reference`` or ``structure``.
+    """
+
+    def __init__(self, *, file: str, field: str, detail: str, reason: str) -> None:
+        location = f"{file}: {field}" if field else file
+        super().__init__(f"{location}: {detail}", reason=reason)
+        self.file = file
+        self.field = field
+        self.detail = detail
+
+
+class KeyFileError(SouverixError, ValueError):
+    """A federation key directory is missing a file, holds a bad one, or exposes a private key.
+
+    Attributes:
+        path: The offending file or directory.
+    """
+
+    def __init__(self, message: str, *, path: str, reason: str = "") -> None:
+        super().__init__(f"{path}: {message}", reason=reason)
+        self.path = path
 
 
 # --------------------------------------------------------------------------- clock
