@@ -50,6 +50,7 @@ Errors: every ``nats`` error is translated at this boundary (``raise … from ex
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hashlib
 import re
@@ -86,6 +87,10 @@ from .base import DEFAULT_MAX_FRAME, Transport
 
 __all__ = [
     "CONTROL_HEADER",
+    "DEFAULT_ACK_WAIT",
+    "DEFAULT_DUPLICATE_WINDOW",
+    "DEFAULT_MAX_PENDING_BYTES",
+    "HEADER_RESERVE",
     "MSG_ID_HEADER",
     "SUBJECT_ROOT",
     "NatsEnvelopeLog",
@@ -296,9 +301,22 @@ class NatsTransport(Transport):
     a waiting ``receive`` wakes up. A peer that vanishes without closing is not detected here:
     the session's timers notice the silence.
 
+    Ordered per direction, and reliable while both ends stay connected to servers that know of
+    each other's interest; across a cut leaf link, or before a new subscription's interest has
+    crossed one, frames are dropped silently and the session's ``tick`` repairs the loss.
+
     NATS permissions make the subject a sender's identity: grant each replica publish on
     ``<prefix>.sync.<own name>.>`` only. (Envelopes are signed anyway; the subject only keeps
     strangers from injecting session frames.)
+
+    Args:
+        connection: A connected client (its server's ``max_payload`` bounds ``max_frame``).
+        subjects: The fleet's subjects.
+        local: This replica's name.
+        peer: The peer replica's name.
+        max_frame: The frame limit (default: the server's ``max_payload``).
+        max_pending_bytes: Unread bytes held before the transport breaks as a slow consumer.
+        close_timeout: Seconds :meth:`close` waits for its close message to reach the server.
     """
 
     def __init__(
@@ -591,7 +609,7 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         raise _translate(exc, f"creating stream {config.name}") from exc
 
 
-class NatsEnvelopeStream:
+class NatsEnvelopeStream(abc.ABC):
     """Durable publication of frames into one JetStream stream (base of outbox and log).
 
     Args:
@@ -630,13 +648,13 @@ class NatsEnvelopeStream:
         self.timeout = timeout
         self.js = connection.jetstream(domain=domain, timeout=timeout)
 
+    @abc.abstractmethod
     def subject(self, scope: Scope | str) -> str:
         """The subject a frame of ``scope`` is published on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def filter_subject(self) -> str:
         """The wildcard subject the stream captures."""
-        raise NotImplementedError
 
     async def publish(
         self, frame: bytes, scope: Scope | str, *, msg_id: str | None = None
