@@ -31,10 +31,11 @@ The tree, in short::
     ├── ProtocolError                a sync session rule was broken
     │   ├── LocalProtocolError       by this side (API misuse)
     │   └── RemoteProtocolError      by the peer
-    └── TransportError
-        ├── TransportClosedError     we closed it
-        ├── TransportBrokenError     the peer or the network broke it
-        └── FrameTooLargeError       refused before allocation
+    ├── TransportError
+    │   ├── TransportClosedError     we closed it
+    │   ├── TransportBrokenError     the peer or the network broke it
+    │   └── FrameTooLargeError       refused before allocation
+    └── BundleError                  an air-gapped bundle or receipt refused whole
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # only for the annotation: envelope.py imports this module
 
 __all__ = [
     "AuthorityError",
+    "BundleError",
     "CapabilityViolationError",
     "ClockError",
     "ClockOverflowError",
@@ -157,16 +159,22 @@ class TopologyError(SouverixError, ValueError):
         field: The dotted path of the offending field (``control_planes.edge-a1.sync.upstream``),
             or ``""`` when the document as a whole is wrong (a YAML syntax error).
         detail: What was wrong, for humans.
+        line: The 1-based line of the field in the file, when known.
         reason: A short, stable code: ``syntax``, ``missing``, ``unknown-field``, ``type``,
             ``value``, ``reference`` or ``structure``.
     """
 
-    def __init__(self, *, file: str, field: str, detail: str, reason: str) -> None:
-        location = f"{file}: {field}" if field else file
+    def __init__(
+        self, *, file: str, field: str, detail: str, reason: str, line: int | None = None
+    ) -> None:
+        location = file if line is None else f"{file}:{line}"
+        if field:
+            location = f"{location}: {field}"
         super().__init__(f"{location}: {detail}", reason=reason)
         self.file = file
         self.field = field
         self.detail = detail
+        self.line = line
 
 
 class KeyFileError(SouverixError, ValueError):
@@ -411,3 +419,26 @@ class FrameTooLargeError(TransportError):
         super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit", reason="frame")
         self.size = size
         self.limit = limit
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+class BundleError(SouverixError, ValueError):
+    """An air-gapped bundle or receipt file was refused as a whole; nothing of it was applied.
+
+    Attributes:
+        reason: What was wrong: ``magic``, ``truncated``, ``too-large``, ``malformed``,
+            ``foreign-fleet``, ``untrusted``, ``revoked``, ``signature``, ``wrong-peer``,
+            ``kind-mismatch``, ``hash-mismatch``, ``range``, ``missing-records``,
+            ``extra-records`` or ``changed`` (the file changed while it was being imported).
+        record: Index of the offending record (the manifest is record 0), when one is to blame.
+        offset: Byte offset in the file where the problem was found, when known.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, record: int | None = None, offset: int | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.record = record
+        self.offset = offset
