@@ -71,7 +71,7 @@ def write_everywhere(cluster: Cluster, rounds: int, *, tag: str = "") -> None:
     duplicate=st.sampled_from([0.0, 0.2]),
     reorder=st.sampled_from([0.0, 0.3]),
 )
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 def test_federation_converges_under_loss_duplication_and_reordering(
     seed: int, drop: float, duplicate: float, reorder: float
 ) -> None:

@@ -758,14 +758,28 @@ class Replica:
 
     def _park(self, data: bytes, reason: str, batch: Batch, error: SouverixError) -> IngestResult:
         item_id = hashlib.sha256(data).digest()
+        # The header is not verified yet; it only names the chain in the result, so that a
+        # sync session can report how far it really holds that chain (and get it resent).
+        try:
+            header = read_header(data)
+            base = IngestResult(
+                IngestOutcome.PENDING, item_id, str(header.scope), header.chain, header.seq
+            )
+        except SouverixError:
+            base = IngestResult(IngestOutcome.PENDING, item_id)
         if item_id in self._delegation_pending:
-            return IngestResult(IngestOutcome.PENDING, item_id, error=error)
+            return attrs.evolve(base, error=error)
         if self._pending_count() >= self.max_pending:
             full = TooLargeError("the pending area is full", reason="pending-full")
-            return IngestResult(IngestOutcome.REJECTED, item_id, error=full)
+            return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=full)
         self._delegation_pending[item_id] = (data, reason)
         batch.pending_add.append(StoredItem(item_id, data, reason))
-        return IngestResult(IngestOutcome.PENDING, item_id, error=error)
+        return attrs.evolve(base, error=error)
+
+    @property
+    def awaiting_authority(self) -> int:
+        """Items parked until a delegation or an issuer they name becomes known."""
+        return len(self._delegation_pending)
 
     def _quarantine_envelope(
         self, data: bytes, error: QuarantinedError, batch: Batch

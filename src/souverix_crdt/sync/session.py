@@ -35,6 +35,7 @@ from souverix_crdt.errors import (
     ProtocolError,
     RemoteProtocolError,
     SouverixError,
+    UnknownDelegationError,
 )
 from souverix_crdt.hlc import Timestamp
 from souverix_crdt.replica import IngestOutcome, Replica
@@ -224,7 +225,10 @@ class SyncSession:
         """True when nothing is in flight and the peer holds every chain we could send it."""
         if self.state is not SessionState.OPEN or self._in_flight:
             return False
-        return not self._lacking()
+        # Items parked for want of a delegation mean an authority exchange is still due.
+        # Judged by what the peer acknowledged, never by what was sent: a batch can be lost
+        # while a stale or duplicated ack clears the in-flight flag.
+        return not self._lacking(acknowledged=True) and not self.replica.awaiting_authority
 
     # ------------------------------------------------------------------ handlers
 
@@ -284,7 +288,10 @@ class SyncSession:
         for scope, chain in sorted(touched):
             seq = self.replica.chain_seq(scope, chain)
             rows.append(FrontierRow(scope, chain, seq))
-        if any(r.outcome is IngestOutcome.PENDING and not r.chain for r in results):
+        if any(
+            r.outcome is IngestOutcome.PENDING and isinstance(r.error, UnknownDelegationError)
+            for r in results
+        ):
             # Something waits for a delegation: ask for the peer's authority items again.
             self._send_hello()
         self._queue(encode_message(Ack(tuple(rows))))
@@ -368,16 +375,20 @@ class SyncSession:
     def _interest(self) -> tuple[Scope, ...]:
         return () if self.peer_grant is None else (self.peer_grant.scope,)
 
-    def _lacking(self) -> list[tuple[str, str, int, int]]:
-        """``(scope, chain, peer has, we have)`` for every chain the peer lacks part of."""
+    def _lacking(self, *, acknowledged: bool = False) -> list[tuple[str, str, int, int]]:
+        """``(scope, chain, peer has, we have)`` for every chain the peer lacks part of.
+
+        By default what was sent counts as had (so nothing is sent twice); with
+        ``acknowledged`` only what the peer confirmed does.
+        """
         interest = self._interest()
         if not interest:
             return []
         lacking = []
         for scope, chain, seq, _ in self.replica.frontiers(interest):
-            have = max(
-                self._peer_seq.get((scope, chain), 0), self._sent_upto.get((scope, chain), 0)
-            )
+            have = self._peer_seq.get((scope, chain), 0)
+            if not acknowledged:
+                have = max(have, self._sent_upto.get((scope, chain), 0))
             if seq > have:
                 lacking.append((scope, chain, have, seq))
         return lacking
