@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 
-from souverix_crdt._envelope_file import FileCarrier
+from souverix_crdt._carriers import FileCarrier, SignedBundleCarrier, default_carrier
 from souverix_crdt.errors import CapabilityViolationError, DecodeError
-from souverix_crdt.federation import FederationManager, LinkState, ManualClock
+from souverix_crdt.federation import BundleCarrier, FederationManager, LinkState, ManualClock
 from souverix_crdt.hlc import Timestamp
 from souverix_crdt.inventory import NodeReport, node_reports
 from souverix_crdt.keyring import bootstrap_keys
@@ -144,9 +145,20 @@ def test_isolate_and_reconnect_a_plane(manager: FederationManager) -> None:
     assert manager.replica("global").get("global/region-a/edge-a1", "policies", "k") == "v"
 
 
+def carriers() -> list[object]:
+    chosen = [FileCarrier()]
+    signed = default_carrier()
+    if isinstance(signed, SignedBundleCarrier):
+        chosen.append(signed)
+    return chosen
+
+
+@pytest.mark.parametrize("carrier", carriers(), ids=lambda c: type(c).__name__)
 def test_air_gapped_zone_syncs_only_by_bundle(
-    manager: FederationManager, clock: ManualClock, tmp_path: Path
+    carrier: BundleCarrier, clock: ManualClock, tmp_path: Path
 ) -> None:
+    manager = make(clock, carrier=carrier)
+    manager.settle()
     manager.publish_policy("global", "fleet", "v1")
     own_write(manager, "edge-b1", "local", "x")
     manager.settle()
@@ -168,9 +180,22 @@ def test_air_gapped_zone_syncs_only_by_bundle(
     after = manager.link_status("region-b", "edge-b1")
     assert after.debt.envelopes == 0
     assert after.last_sync_ms == clock()
-    # A second exchange with nothing new carries no envelope.
+    # A second exchange changes nothing and owes nothing.
+    digests = {name: replica.digest() for name, replica in manager.replicas.items()}
+    clock.advance(MINUTE)
     again = manager.exchange_bundles("region-b", "edge-b1", tmp_path / "bundles")
     assert len(again) == 3
+    assert {name: replica.digest() for name, replica in manager.replicas.items()} == digests
+    assert manager.link_status("region-b", "edge-b1").debt.envelopes == 0
+    manager.close()
+
+
+def test_default_carrier_falls_back_to_envelope_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> object:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert isinstance(default_carrier(), FileCarrier)
 
 
 def test_envelope_files_from_another_fleet_are_refused(

@@ -19,8 +19,9 @@ Air-gapped links
     No session ever runs over a link with an air-gapped end:
     :meth:`~FederationManager.exchange_bundles` carries what each side lacks through files, both
     ways, and the return file acknowledges the first one. The carrier is a seam
-    (:class:`BundleCarrier`): the default writes signed envelopes and frontiers to a file
-    (:mod:`souverix_crdt._envelope_file`); the bundle transport plugs in the same way.
+    (:class:`BundleCarrier`): signed bundles and receipts of the bundle transport when it is
+    installed, else a minimal file of signed envelopes and frontiers (see
+    :mod:`souverix_crdt._carriers`).
 
 Integration hooks
     :meth:`~FederationManager.describe` is the JSON-serialisable description the Digital Twin
@@ -37,7 +38,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from ._envelope_file import FileCarrier
+from ._carriers import default_carrier
 from .authority import COLLECTION_CAPABILITY, Capability
 from .errors import ProtocolError, TransportError
 from .hlc import system_wall_clock
@@ -89,7 +90,7 @@ class ManualClock:
 
 
 class BundleCarrier(Protocol):
-    """Moves what one replica's peer lacks through a file, and applies such files."""
+    """Moves what one replica's peer lacks through files, and applies such files."""
 
     def export_bundle(self, replica: Replica, path: Path, *, peer: str, peer_scope: Scope) -> Any:
         """Write what ``peer`` (granted ``peer_scope``) has not acknowledged to ``path``."""
@@ -97,6 +98,14 @@ class BundleCarrier(Protocol):
 
     def import_bundle(self, replica: Replica, path: Path) -> Any:
         """Verify and apply ``path``; settle the sync debt its frontiers acknowledge."""
+        ...
+
+    def export_receipt(self, replica: Replica, path: Path, *, peer: str) -> Any:
+        """Write this replica's frontiers for ``peer``: a receipt for what it sent."""
+        ...
+
+    def import_receipt(self, replica: Replica, path: Path) -> Any:
+        """Apply a receipt: settle the sync debt towards its source."""
         ...
 
 
@@ -145,7 +154,7 @@ class FederationManager:
         self.keys = keys
         self.wall_clock = wall_clock
         self.network = MemoryNetwork(seed or 0)
-        self.carrier: BundleCarrier = carrier or FileCarrier()
+        self.carrier: BundleCarrier = carrier or default_carrier()
         make_store = store_factory or (lambda _name: MemoryStore())
         names = list(topology.planes) if planes is None else list(planes)
         self.replicas: dict[str, Replica] = {}
@@ -343,19 +352,18 @@ class FederationManager:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self.wall_clock()
-        legs = (
-            (upper, lower, "bundle"),
-            (lower, upper, "bundle"),
-            (upper, lower, "receipt"),
-        )
         written = []
-        for source, target, kind in legs:
-            path = folder / f"{source.name}-to-{target.name}-{stamp}.{kind}"
+        for source, target in ((upper, lower), (lower, upper)):
+            path = folder / f"{source.name}-to-{target.name}-{stamp}.bundle"
             self.carrier.export_bundle(
                 source, path, peer=target.name, peer_scope=target.identity.scope
             )
             self.carrier.import_bundle(target, path)
             written.append(path)
+        receipt = folder / f"{upper.name}-to-{lower.name}-{stamp}.receipt"
+        self.carrier.export_receipt(upper, receipt, peer=lower.name)
+        self.carrier.import_receipt(lower, receipt)
+        written.append(receipt)
         link.last_sync_ms = stamp
         return written
 
