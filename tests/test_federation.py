@@ -10,13 +10,18 @@ import pytest
 
 from souverix_crdt._carriers import FileCarrier, SignedBundleCarrier, default_carrier
 from souverix_crdt.errors import CapabilityViolationError, DecodeError
-from souverix_crdt.federation import BundleCarrier, FederationManager, LinkState, ManualClock
+from souverix_crdt.federation import (
+    BundleCarrier,
+    FederationManager,
+    LinkState,
+    ManualClock,
+    sqlite_stores,
+)
 from souverix_crdt.hlc import Timestamp
 from souverix_crdt.inventory import NodeReport, node_reports
 from souverix_crdt.keyring import bootstrap_keys
 from souverix_crdt.lww import Strategy
 from souverix_crdt.scope import Scope
-from souverix_crdt.store.sqlite import SqliteStore
 from souverix_crdt.topology import default_topology, default_topology_text, parse_topology
 
 START = 1_748_764_800_000
@@ -344,14 +349,24 @@ def test_sqlite_stores_and_a_subset_of_planes(tmp_path: Path) -> None:
         KEYS,
         planes=["global", "region-a", "edge-a1"],
         wall_clock=clock,
-        store_factory=lambda name: SqliteStore.open(tmp_path / f"{name}.sqlite3"),
+        store_factory=sqlite_stores(tmp_path / "stores"),
     )
     assert set(federation.links) == {("global", "region-a"), ("region-a", "edge-a1")}
     own_write(federation, "edge-a1", "k", "v")
     federation.settle()
     assert federation.replica("global").get("global/region-a/edge-a1", "policies", "k") == "v"
     federation.close()
-    assert (tmp_path / "global.sqlite3").exists()
+    assert (tmp_path / "stores" / "global.sqlite3").exists()
+    # Reopened from disk, the planes hold what they had.
+    again = FederationManager(
+        TOPOLOGY,
+        KEYS,
+        planes=["global"],
+        wall_clock=clock,
+        store_factory=sqlite_stores(tmp_path / "stores"),
+    )
+    assert again.replica("global").get("global/region-a/edge-a1", "policies", "k") == "v"
+    again.close()
 
 
 def test_manager_refuses_keys_of_another_fleet() -> None:

@@ -62,6 +62,8 @@ __all__ = [
     "PropagationStatus",
     "Publication",
     "ScopeApplication",
+    "StoreFactory",
+    "sqlite_stores",
 ]
 
 _MISSING: Final = object()
@@ -119,6 +121,19 @@ class _Link:
 
 
 StoreFactory = Callable[[str], Store]
+
+
+def sqlite_stores(directory: str | Path) -> StoreFactory:
+    """A store factory keeping each plane in ``directory/<plane>.sqlite3`` (created if needed)."""
+    from .store.sqlite import SqliteStore  # noqa: PLC0415  (only services that ask load sqlite3)
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def make(name: str) -> Store:
+        return SqliteStore.open(folder / f"{name}.sqlite3")
+
+    return make
 
 
 class FederationManager:
