@@ -8,6 +8,7 @@ and what was wrong.
 from __future__ import annotations
 
 import enum
+import types
 from typing import Any, NoReturn
 
 import yaml
@@ -217,7 +218,8 @@ class _Reader:
         planes: dict[str, ControlPlaneSpec] = {}
         for name, raw in raw_planes.items():
             planes[str(name)] = self.plane(name, raw)
-        topology = Topology(fleet, planes, conflicts, self.file)
+        # Read-only: a validated topology must not change under the manager that uses it.
+        topology = Topology(fleet, types.MappingProxyType(planes), conflicts, self.file)
         self.check_structure(topology)
         return topology
 

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import stat
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -224,7 +225,7 @@ def bootstrap_keys(
         )
         planes[plane.name] = PlaneCredentials(plane.name, key, (*parent_chain, delegation))
     ordered = {name: planes[name] for name in topology.planes}
-    return FederationKeys(anchors, ordered, root_keys)
+    return FederationKeys(anchors, types.MappingProxyType(ordered), root_keys)
 
 
 # --------------------------------------------------------------------------- files
@@ -360,4 +361,4 @@ def load_keys(directory: str | Path) -> FederationKeys:
                 f"chain does not verify: {exc}", path=str(public_path), reason="chain"
             ) from exc
         planes[name] = creds
-    return FederationKeys(anchors, planes, root_keys)
+    return FederationKeys(anchors, types.MappingProxyType(planes), root_keys)
