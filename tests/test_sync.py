@@ -265,6 +265,30 @@ def test_sync_debt_grows_while_cut_off_and_settles_after_heal() -> None:
     assert region.sync_debt("global").oldest_age_ms == 0
 
 
+def test_a_relay_sends_each_envelope_once_to_a_peer_that_lacks_the_writers_delegation() -> None:
+    # Both hellos between global and region-a cross before region-a hears from its edge, so
+    # global does not know the edge's delegation when the edge's envelopes arrive through
+    # region-a. The relay sends it the delegations it learned ahead of them: nothing is parked,
+    # nothing is sent twice, and nothing global received from region-a is pushed back.
+    cluster = Cluster(FLEET, ["global", "region-a", "edge-a1"])
+    up = cluster.link("global", "region-a")
+    down = cluster.link("region-a", "edge-a1")
+    cluster.settle()
+    edge = cluster["edge-a1"]
+    for i in range(3):
+        edge.scope("global/region-a/edge-a1").nodes.set(f"n{i}", i)
+    cluster.settle()
+    assert cluster["global"].snapshot()["global/region-a/edge-a1"]["nodes"] == {
+        "n0": 0,
+        "n1": 1,
+        "n2": 2,
+    }
+    assert down.b_session.envelopes_sent == 3  # edge -> region
+    assert up.b_session.envelopes_sent == 3  # region -> global, once each
+    assert up.a_session.envelopes_sent == 0  # global -> region: nothing echoed back
+    assert cluster["global"].awaiting_authority == 0
+
+
 # --------------------------------------------------------------------------- batch compression
 
 

@@ -15,6 +15,8 @@ Invariants:
   (dropped, or parked by a gap) and is sent again from the acked point.
 * Loss of a batch or of its ack is repaired by :meth:`tick`, which the caller invokes after a
   timeout: it resends the hello (so the peer's frontiers refresh) and forgets the batch in flight.
+* Delegations this side learned after the hellos (a relay hears of its zones' keys later) go to
+  the peer ahead of the first batch that follows, so it never parks envelopes for want of them.
 * Interest follows the tree, and it is decided by the peer's *verified* delegation, not by what it
   asks for: a peer receives the chains of its own subtree and of its ancestors, never a sibling's.
 
@@ -25,6 +27,7 @@ is ignored; sending after ``close`` raises :class:`~souverix_crdt.errors.LocalPr
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -106,6 +109,12 @@ def _on_close(session: SyncSession, message: Message) -> None:
 
 _LIVE: Final = (SessionState.IDLE, SessionState.HELLO_SENT, SessionState.OPEN)
 
+# Ingest outcomes that prove the peer holds the envelope's chain up to its sequence number: a
+# replica sends only envelopes it applied, and it applies each chain strictly in order.
+_PEER_HOLDS: Final = frozenset(
+    {IngestOutcome.APPLIED, IngestOutcome.DUPLICATE, IngestOutcome.PENDING}
+)
+
 #: The transition table: which handler runs for a message in a state. Envelopes, acks and
 #: authority items are accepted before the peer's hello too, because a transport may reorder.
 TRANSITIONS: Final[dict[tuple[SessionState, type], Handler]] = {
@@ -150,6 +159,8 @@ class SyncSession:
         self._sent_upto: dict[tuple[str, str], int] = {}
         self._in_flight = False
         self._heard_since_tick = False
+        # Digests of the delegations the peer is known to hold: all we sent it, all it sent us.
+        self._peer_delegations: set[bytes] = set()
         self._unsubscribe: Callable[[], None] | None = None
         if live:
             self._unsubscribe = replica.on_envelope(self._on_local_envelope)
@@ -266,6 +277,8 @@ class SyncSession:
             # The peer knows other delegations, revocations or proofs than we do: send ours
             # (its hello to us will bring us its own).
             self._send_authority()
+        else:
+            self._peer_delegations.update(d.digest for d in replica.authority.delegations())
         self._merge_frontiers(hello.frontiers, reset=True)
         self._fill()
 
@@ -279,8 +292,10 @@ class SyncSession:
         self.envelopes_received += len(message.items)
         touched = {(r.scope, r.chain) for r in results if r.chain}
         for result in results:
-            if result.chain and result.outcome in (IngestOutcome.APPLIED, IngestOutcome.DUPLICATE):
-                # The peer holds what it sent us: never send it back.
+            if result.chain and result.outcome in _PEER_HOLDS:
+                # The peer holds what it sent us: never send it back. That includes envelopes
+                # parked here (behind a gap, or until a delegation arrives): once released they
+                # are applied without a source, and would otherwise be pushed straight back.
                 key = (result.scope, result.chain)
                 if result.seq > self._peer_seq.get(key, 0):
                     self._peer_seq[key] = result.seq
@@ -323,6 +338,7 @@ class SyncSession:
     def handle_authority(self, items: AuthorityItems) -> None:
         """Learn delegations, revocations and equivocation proofs."""
         replica = self.replica
+        self._peer_delegations.update(hashlib.sha256(item).digest() for item in items.delegations)
         replica.add_delegations(items.delegations)
         replica.add_revocations(items.revocations)
         for first, second in items.proofs:
@@ -354,10 +370,12 @@ class SyncSession:
 
     def _send_authority(self) -> None:
         replica = self.replica
+        delegations = list(replica.authority.delegations())
+        self._peer_delegations.update(d.digest for d in delegations)
         self._queue(
             encode_message(
                 AuthorityItems(
-                    delegations=tuple(replica.delegations()),
+                    delegations=tuple(d.encode() for d in delegations),
                     revocations=tuple(replica.revocations()),
                     proofs=tuple(replica.proofs()),
                 )
@@ -420,6 +438,15 @@ class SyncSession:
             self._send_envelopes(items)
 
     def _send_envelopes(self, items: list[bytes]) -> None:
+        known = self._peer_delegations
+        fresh = [d for d in self.replica.authority.delegations() if d.digest not in known]
+        if fresh:
+            # Learned since the hellos (a relay: from its zones' hellos). Sent ahead of the
+            # envelopes that may need them; otherwise the peer parks those envelopes, acks
+            # without them and gets the whole batch again once it has asked for authority.
+            known.update(d.digest for d in fresh)
+            update = AuthorityItems(delegations=tuple(d.encode() for d in fresh))
+            self._queue(encode_message(update))
         self._queue(encode_message(Envelopes(tuple(items))))
         self._in_flight = True
         self.envelopes_sent += len(items)
