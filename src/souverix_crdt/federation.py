@@ -40,7 +40,6 @@ import attrs
 
 from ._carriers import default_carrier
 from .authority import COLLECTION_CAPABILITY, Capability
-from .errors import ProtocolError, TransportError
 from .hlc import system_wall_clock
 from .inventory import NodeReport, node_reports, report_nodes
 from .keyring import FederationKeys
@@ -49,6 +48,7 @@ from .scope import Scope
 from .status import LinkState, LinkStatus, PropagationStatus, Publication, ScopeApplication
 from .store.base import Store
 from .store.memory import MemoryStore
+from .sync.local import pump
 from .sync.session import SessionState, SyncSession
 from .topology import LinkSpec, Topology
 from .transports.memory import MemoryNetwork, MemoryTransport
@@ -118,6 +118,9 @@ class _Link:
     sessions: list[tuple[SyncSession, MemoryTransport]] = attrs.field(factory=list)
     last_sync_ms: int | None = None
     protocol_errors: int = 0
+
+    def endpoints(self) -> list[tuple[SyncSession, MemoryTransport]]:
+        return self.sessions
 
 
 StoreFactory = Callable[[str], Store]
@@ -273,51 +276,12 @@ class FederationManager:
     def _live(self) -> list[_Link]:
         return [link for link in self.links.values() if link.state is LinkState.UP]
 
-    def _flush(self) -> int:
-        moved = 0
-        for link in self._live():
-            for session, end in link.sessions:
-                for frame in session.data_to_send():
-                    try:
-                        end.send_nowait(frame)
-                    except TransportError:
-                        continue
-                    moved += 1
-        return moved
-
-    def _deliver(self) -> int:
-        received = 0
-        for link in self._live():
-            for session, end in link.sessions:
-                while True:
-                    try:
-                        frame = end.receive_nowait()
-                    except TransportError:
-                        break
-                    if frame is None:
-                        break
-                    received += 1
-                    try:
-                        session.receive(frame)
-                    except ProtocolError:
-                        link.protocol_errors += 1
-        return received
-
     def sync(self, max_rounds: int = 10_000) -> int:
         """Move frames over every live link until none is in flight; return how many moved.
 
         Links found caught up afterwards record the current time as their last sync.
         """
-        total = 0
-        for _ in range(max_rounds):
-            sent = self._flush()
-            self.network.step()
-            received = self._deliver()
-            total += received
-            if not sent and not received and not self.network.totals.in_flight:
-                break
-        else:
-            raise RuntimeError(f"federation still busy after {max_rounds} rounds")
+        total = pump(self.network, self._live, max_rounds=max_rounds)
         now = self.wall_clock()
         for link in self._live():
             if self._caught_up(link):

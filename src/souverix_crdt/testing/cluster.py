@@ -16,10 +16,10 @@ from pathlib import Path
 
 import attrs
 
-from souverix_crdt.errors import ProtocolError, TransportError
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.base import Store
 from souverix_crdt.store.memory import MemoryStore
+from souverix_crdt.sync.local import deliver, pump
 from souverix_crdt.sync.session import SessionState, SyncSession
 from souverix_crdt.transports.memory import MemoryNetwork, MemoryTransport
 
@@ -43,6 +43,10 @@ class Link:
     def sessions(self) -> tuple[tuple[SyncSession, MemoryTransport], ...]:
         """Each side's session with its transport end."""
         return ((self.a_session, self.a_end), (self.b_session, self.b_end))
+
+    def endpoints(self) -> tuple[tuple[SyncSession, MemoryTransport], ...]:
+        """The same, for :func:`souverix_crdt.sync.local.pump`."""
+        return self.sessions()
 
 
 StoreFactory = Callable[[str], Store]
@@ -154,48 +158,13 @@ class Cluster:
 
     # ------------------------------------------------------------------ moving frames
 
-    def _flush(self) -> int:
-        moved = 0
-        for link in self.links.values():
-            for session, end in link.sessions():
-                for frame in session.data_to_send():
-                    try:
-                        end.send_nowait(frame)
-                    except TransportError:
-                        continue
-                    moved += 1
-        return moved
-
     def deliver(self) -> int:
-        """Feed every frame waiting at an endpoint to its session; returns how many."""
-        received = 0
-        for link in self.links.values():
-            for session, end in link.sessions():
-                while True:
-                    try:
-                        frame = end.receive_nowait()
-                    except TransportError:
-                        break
-                    if frame is None:
-                        break
-                    received += 1
-                    try:
-                        session.receive(frame)
-                    except ProtocolError:
-                        link.protocol_errors += 1
-        return received
+        """Feed every frame waiting at an endpoint to its session; return how many."""
+        return deliver(self.links.values())
 
     def pump(self, max_rounds: int = 10_000) -> int:
         """Move frames until nothing is in flight or queued; returns frames delivered."""
-        total = 0
-        for _ in range(max_rounds):
-            sent = self._flush()
-            self.network.step()
-            received = self.deliver()
-            total += received
-            if not sent and not received and not self.network.totals.in_flight:
-                return total
-        raise RuntimeError(f"cluster still busy after {max_rounds} rounds")
+        return pump(self.network, self.links.values, max_rounds=max_rounds)
 
     def tick(self) -> None:
         """Let every session repair loss (what a coordinator does after a timeout)."""
