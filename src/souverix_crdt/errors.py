@@ -15,6 +15,7 @@ The tree, in short::
     ├── InvalidValueError            a key or value that cannot be stored
     ├── TopologyError                a federation topology file that does not validate
     ├── KeyFileError                 a federation key directory that cannot be trusted or read
+    ├── ConfigError                  a peer process's config file that does not validate
     ├── ClockError
     │   ├── ClockSkewError           a remote timestamp too far ahead of the local clock
     │   └── ClockOverflowError       the logical counter reached its bound
@@ -52,6 +53,7 @@ __all__ = [
     "ClockError",
     "ClockOverflowError",
     "ClockSkewError",
+    "ConfigError",
     "CorruptStoreError",
     "DecodeError",
     "DiskFullError",
@@ -187,6 +189,24 @@ class KeyFileError(SouverixError, ValueError):
     def __init__(self, message: str, *, path: str, reason: str = "") -> None:
         super().__init__(f"{path}: {message}", reason=reason)
         self.path = path
+
+
+class ConfigError(SouverixError, ValueError):
+    """A peer process's config file does not validate. One line: ``file: field: detail``.
+
+    Attributes:
+        file: The config file.
+        field: The dotted path of the offending field (``upstream.address``), or ``""`` when
+            the file as a whole is wrong (YAML syntax, not a mapping).
+        detail: What was wrong, for humans.
+    """
+
+    def __init__(self, *, file: str, field: str, detail: str, reason: str = "value") -> None:
+        location = f"{file}: {field}" if field else file
+        super().__init__(f"{location}: {detail}", reason=reason)
+        self.file = file
+        self.field = field
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- clock
