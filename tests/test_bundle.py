@@ -266,6 +266,8 @@ def test_a_bundle_holds_only_the_peers_interest(tmp_path: Path) -> None:
 def test_the_peer_scope_must_be_known(tmp_path: Path, region: Replica) -> None:
     with pytest.raises(ValueError, match="scope"):
         export_bundle(region, tmp_path / "b", peer="edge-a1")
+    with pytest.raises(ValueError, match="itself"):
+        export_bundle(region, tmp_path / "b", peer="region-a", peer_scope=REGION)
     assert not (tmp_path / "b").exists()
     assert list(tmp_path.iterdir()) == []
 

@@ -877,7 +877,8 @@ def export_bundle(
         What was written.
 
     Raises:
-        ValueError: the peer's scope is not known, or ``limit`` is not positive.
+        ValueError: the peer's scope is not known, ``limit`` is not positive, or ``peer`` is
+            this replica.
         BundleError: the receipt comes from another replica (``wrong-peer``), or an item is
             larger than ``max_record`` (``too-large``).
         OSError: the file could not be written (nothing was left behind).
@@ -885,6 +886,8 @@ def export_bundle(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
+    if peer == replica.name:
+        raise ValueError("a replica does not write bundles for itself")
     target = Path(path)
     scope, have = _resolve_peer(replica, peer, peer_frontiers, peer_scope)
     # From now on every new envelope in the peer's interest is queued for it: its sync debt.
@@ -1386,7 +1389,8 @@ class FileBundleTransport(Transport):
 
     One spool serves one connection: both ends must be opened on a fresh directory (see
     :meth:`pair`). A receiver in the same process is woken as soon as a frame lands; one in
-    another process looks every ``poll_interval`` seconds. Ordered and reliable.
+    another process looks every ``poll_interval`` seconds. Ordered and reliable. Like the other
+    transports, an end belongs to one event loop; it is not thread-safe.
 
     Args:
         spool: The connection's directory (created if missing).
