@@ -1,0 +1,991 @@
+"""``souverix-crdt``: the command line, a thin layer over the public API.
+
+Commands::
+
+    souverix-crdt demo                      the brief's federation on a simulated clock
+    souverix-crdt keys init TOPOLOGY --out DIR      root keys + a delegation per plane
+    souverix-crdt keys delegate|revoke|rotate ...   change a key directory
+    souverix-crdt peer run --config FILE    one control plane as a long-running process
+    souverix-crdt peer write|get ...        write or read a key through a plane's store
+    souverix-crdt view                      the Global Fleet View or a regional view
+    souverix-crdt bundle export|import|receipt ...  the air-gapped procedure
+    souverix-crdt audit                     the conflict log
+    souverix-crdt status                    a replica's status
+
+Commands that read a replica take ``--config FILE`` (a peer config: plane, key directory and
+store), or ``--keys DIR --plane NAME --store FILE``.
+
+Errors a user can fix (a file that does not validate, a write the key has no authority for, a
+store that does not exist) print one line on standard error naming what was wrong, and exit
+with status 1; usage errors exit with 2. Nothing here holds logic of its own: each command
+loads what it names, calls the library, and prints the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .authority import Capability, Delegation, Revocation
+from .conflicts import ConflictRecord
+from .document import COLLECTIONS
+from .envelope import chain_writer
+from .errors import AuthorityError, SouverixError
+from .hlc import system_wall_clock
+from .keydir import (
+    TOPOLOGY_FILE,
+    cut_from_store,
+    delegate_plane,
+    revoke_plane,
+    rotate_plane,
+    save_revocation,
+)
+from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys
+from .peer import (
+    PeerConfig,
+    PeerProcess,
+    learn_key_directory,
+    link_record,
+    load_peer_config,
+    open_replica,
+)
+from .replica import Replica, SyncDebt
+from .scope import Autonomy, Scope, Tier
+from .status import LinkState, LinkStatus
+from .store.sqlite import SqliteStore
+from .topology import Topology, default_topology_text, load_topology, parse_topology
+
+__all__ = ["cli", "main"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Exit status of an error the user can fix (click uses 2 for usage errors).
+EXIT_ERROR: Final = 1
+_JSON_INDENT: Final = 2
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class _Group(click.Group):
+    """A group that turns the library's errors into one line on stderr, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SouverixError, OSError) as exc:
+            raise click.ClickException(_one_line(exc)) from exc
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Off a terminal (pipes, tests) keep tables wide enough not to wrap, and plain.
+    width = None if stream.isatty() else 160
+    return Console(file=stream, width=width, highlight=False, emoji=False)
+
+
+@contextlib.contextmanager
+def _progress(message: str) -> Iterator[None]:
+    """A spinner on a terminal's stderr while a long step runs; nothing when piped."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    with _console(stderr=True).status(message):
+        yield
+
+
+def _echo_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=_JSON_INDENT, sort_keys=True, default=str))
+
+
+def _now_ms() -> int:
+    return system_wall_clock()
+
+
+# --------------------------------------------------------------------------- replica sources
+
+
+def _replica_options(function: _F) -> _F:
+    """``--config FILE`` or ``--keys DIR --plane NAME --store FILE``: which replica to open."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A peer config (plane, key directory and store).",
+        ),
+        click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help="Key directory."),
+        click.option("--plane", help="The control plane whose replica to open."),
+        click.option(
+            "--store", "store_path", type=click.Path(path_type=Path), help="Its SQLite store."
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _peer_config(
+    config_path: Path | None, keys_dir: Path | None, plane: str | None, store_path: Path | None
+) -> PeerConfig:
+    if config_path is not None:
+        if keys_dir or plane or store_path:
+            raise click.UsageError("give --config, or --keys, --plane and --store, not both")
+        return load_peer_config(config_path)
+    if keys_dir is None or plane is None or store_path is None:
+        raise click.UsageError("give --config FILE, or all of --keys DIR --plane NAME --store FILE")
+    return PeerConfig(plane=plane, keys=keys_dir, store=store_path, source="--plane")
+
+
+@contextlib.contextmanager
+def _opened(config: PeerConfig, *, create: bool = False) -> Iterator[Replica]:
+    with _progress(f"opening {config.plane}'s replica ({config.store})"):
+        replica = open_replica(config, create=create)
+    try:
+        yield replica
+    finally:
+        replica.close()
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="souverix-crdt")
+def cli() -> None:
+    """Replicated fleet state for a federation of Souverix control planes."""
+
+
+@cli.command()
+@click.option("--seed", default=7, show_default=True, help="Derives keys and replica epochs.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep keys, bundles and graph files here (default: a temporary folder).",
+)
+# The --dashboard flag belongs here, once the dashboard ships: the slot is kept free for it.
+def demo(*, seed: int, workdir: Path | None) -> None:
+    """Run the brief's federation on a simulated clock and print its views."""
+    # Imported here: the demo pulls in the whole in-process federation.
+    from .demo import run_demo  # noqa: PLC0415
+
+    run_demo(workdir=workdir, seed=seed)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@cli.group(cls=_Group)
+def keys() -> None:
+    """Make and change a key directory: root keys, delegations, revocations."""
+
+
+def _print_planes(federation: FederationKeys, topology: Topology | None) -> None:
+    table = Table(title=f"fleet {federation.fleet_id}", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("plane", "scope", "tier", "autonomy", "key id", "chain", "capabilities"):
+        table.add_column(column)
+    for name, creds in federation.planes.items():
+        leaf = creds.delegation
+        table.add_row(
+            name,
+            str(leaf.scope),
+            leaf.tier.value,
+            leaf.autonomy.value,
+            creds.key_id[:12],
+            str(len(creds.chain)),
+            ", ".join(sorted(c.value for c in leaf.capabilities)),
+        )
+    _console().print(table)
+    if topology is not None:
+        extra = sorted(set(federation.planes) - set(topology.planes))
+        if extra:
+            click.echo(f"not in {TOPOLOGY_FILE} (absent from views): {', '.join(extra)}")
+
+
+@keys.command("init")
+@click.argument("topology_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The key directory to create.",
+)
+@click.option("--seed", help="Derive every key from this seed (demos and tests only).")
+@click.option("--roots", default=1, show_default=True, help="Root keys to pin.")
+@click.option("--quorum", default=1, show_default=True, help="Root signatures per root act.")
+@click.option("--days", default=365, show_default=True, help="Validity of every delegation.")
+@click.option("--no-root-keys", is_flag=True, help="Do not write the root private keys.")
+@click.option("--force", is_flag=True, help="Replace the keys of an existing directory.")
+def keys_init(
+    *,
+    topology_file: Path | None,
+    out_dir: Path,
+    seed: str | None,
+    roots: int,
+    quorum: int,
+    days: int,
+    no_root_keys: bool,
+    force: bool,
+) -> None:
+    """Bootstrap root keys and a delegation for every control plane of TOPOLOGY_FILE.
+
+    Without TOPOLOGY_FILE, the brief's topology (packaged with the library) is used. The
+    topology is copied into the directory, so views and peers read it from there.
+    """
+    if topology_file is None:
+        text = default_topology_text()
+        topology = parse_topology(text, file="<packaged default topology>")
+    else:
+        topology = load_topology(topology_file)
+        text = topology_file.read_text("utf-8")
+    if (out_dir / "fleet.json").exists() and not force:
+        raise click.ClickException(
+            f"{out_dir} already holds keys (fleet.json); pass --force to replace them"
+        )
+    if not 1 <= quorum <= roots:
+        raise click.BadParameter(f"must be between 1 and --roots ({roots})", param_hint="--quorum")
+    now = _now_ms()
+    with _progress(f"making keys for {len(topology.planes)} control planes"):
+        federation = bootstrap_keys(
+            topology,
+            seed=seed,
+            roots=roots,
+            quorum=quorum,
+            not_after=None if days == 365 else _window_end(now, days),
+        )
+        save_keys(federation, out_dir, include_roots=not no_root_keys)
+        (out_dir / TOPOLOGY_FILE).write_text(text, "utf-8")
+    _print_planes(federation, None)
+    where = "not written (kept offline)" if no_root_keys else f"in {out_dir / 'roots'}"
+    click.echo(f"wrote {out_dir}: {len(federation.planes)} planes; root keys {where}")
+
+
+def _window_end(now_ms: int, days: int) -> Any:
+    from .hlc import Timestamp  # noqa: PLC0415 - only this rare option needs it
+
+    if days < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--days")
+    return Timestamp(now_ms - 3_600_000 + days * 86_400_000)
+
+
+def _load_topology_of(keys_dir: Path) -> Topology | None:
+    path = keys_dir / TOPOLOGY_FILE
+    return load_topology(path) if path.is_file() else None
+
+
+_CAPABILITIES: Final = [c.value for c in Capability]
+
+
+@keys.command("delegate")
+@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--issuer", required=True, help="The plane that delegates (its key signs).")
+@click.option("--scope", required=True, help="The scope path delegated.")
+@click.option(
+    "--capability",
+    "capabilities",
+    multiple=True,
+    type=click.Choice(_CAPABILITIES),
+    help="A capability to grant (repeat; default: report_status).",
+)
+@click.option(
+    "--tier", type=click.Choice([t.value for t in Tier]), default="local", show_default=True
+)
+@click.option(
+    "--autonomy",
+    type=click.Choice([a.value for a in Autonomy]),
+    default="conditional",
+    show_default=True,
+)
+@click.option("--days", default=365, show_default=True, help="Validity (cut to the issuer's).")
+@click.argument("name")
+def keys_delegate(
+    *,
+    keys_dir: Path,
+    issuer: str,
+    scope: str,
+    capabilities: tuple[str, ...],
+    tier: str,
+    autonomy: str,
+    days: int,
+    name: str,
+) -> None:
+    """Give a new control plane NAME a key and a delegation from plane ISSUER."""
+    federation = load_keys(keys_dir)
+    updated = delegate_plane(
+        federation,
+        issuer=issuer,
+        name=name,
+        scope=Scope.parse(scope),
+        capabilities={Capability(c) for c in capabilities or ("report_status",)},
+        tier=Tier(tier),
+        autonomy=Autonomy(autonomy),
+        now_ms=_now_ms(),
+        validity_ms=days * 86_400_000,
+    )
+    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
+    creds = updated[name]
+    click.echo(
+        f"delegated {creds.delegation.scope} to {name} (key {creds.key_id[:16]}) by {issuer}; "
+        f"wrote {keys_dir / 'planes' / (name + '.key')}"
+    )
+
+
+def _parse_cut(items: tuple[str, ...]) -> dict[str, int]:
+    cut: dict[str, int] = {}
+    for item in items:
+        scope, _, seq = item.rpartition("=")
+        if not scope or not seq.isdigit():
+            raise click.BadParameter(f"expected SCOPE=SEQ, got {item!r}", param_hint="--cut")
+        cut[str(Scope.parse(scope))] = int(seq)
+    return cut
+
+
+def _cut(
+    federation: FederationKeys, plane: str, items: tuple[str, ...], store: Path | None
+) -> dict[str, int]:
+    cut = _parse_cut(items)
+    if store is not None:
+        if not store.is_file():
+            raise click.ClickException(f"{store}: no such store (--cut-from)")
+        if plane not in federation.planes:
+            raise click.ClickException(f"no plane {plane!r} in the key directory")
+        opened = SqliteStore.open(store)
+        try:
+            for scope, seq in cut_from_store(opened, federation[plane].key_id).items():
+                cut.setdefault(scope, seq)
+        finally:
+            opened.close()
+    return cut
+
+
+def _apply(
+    configs: tuple[Path, ...], delegations: list[Delegation], revocation: Revocation
+) -> None:
+    for path in configs:
+        config = load_peer_config(path)
+        with _opened(config) as replica:
+            added = replica.add_delegations(d.encode() for d in delegations)
+            added += replica.add_revocations([revocation.encode()])
+        click.echo(f"applied to {config.plane} ({config.store}): {added} new authority items")
+
+
+_cut_options: Final = [
+    click.option(
+        "--cut",
+        "cut_items",
+        multiple=True,
+        metavar="SCOPE=SEQ",
+        help="The key's last sequence number that still counts in SCOPE (repeat).",
+    ),
+    click.option(
+        "--cut-from",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Take the cut from what this SQLite store holds of the key.",
+    ),
+    click.option(
+        "--apply",
+        "apply_to",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also add it to the store of this peer config (repeat).",
+    ),
+]
+
+
+def _with_cut_options(function: _F) -> _F:
+    for option in reversed(_cut_options):
+        function = option(function)
+    return function
+
+
+@keys.command("revoke")
+@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@_with_cut_options
+@click.option(
+    "--keep-children/--no-keep-children",
+    default=True,
+    show_default=True,
+    help="Keep the delegations the key issued to the planes below valid.",
+)
+@click.argument("plane")
+def keys_revoke(
+    *,
+    keys_dir: Path,
+    cut_items: tuple[str, ...],
+    cut_from: Path | None,
+    apply_to: tuple[Path, ...],
+    keep_children: bool,
+    plane: str,
+) -> None:
+    """Revoke PLANE's key, signed by the plane that delegated it.
+
+    Writes that the cut does not cover stop counting on every replica that learns the
+    revocation. Without --cut or --cut-from, none of the key's writes count any more.
+    """
+    federation = load_keys(keys_dir)
+    cut = _cut(federation, plane, cut_items, cut_from)
+    revocation = revoke_plane(
+        federation, plane, cut=cut, now_ms=_now_ms(), keep_children=keep_children
+    )
+    path = save_revocation(keys_dir, revocation)
+    shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
+    click.echo(f"revoked {plane} (key {revocation.revoked[:16]}); cut {shown}; wrote {path}")
+    _apply(apply_to, [], revocation)
+
+
+@keys.command("rotate")
+@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@_with_cut_options
+@click.argument("plane")
+def keys_rotate(
+    *,
+    keys_dir: Path,
+    cut_items: tuple[str, ...],
+    cut_from: Path | None,
+    apply_to: tuple[Path, ...],
+    plane: str,
+) -> None:
+    """Give PLANE a new key with the same authority, and revoke the old one.
+
+    Pass --cut-from with the plane's own store so that everything it wrote so far still
+    counts; restart its peer process afterwards, so that it writes with the new key.
+    """
+    federation = load_keys(keys_dir)
+    cut = _cut(federation, plane, cut_items, cut_from)
+    old = federation[plane].key_id
+    updated, delegation, revocation = rotate_plane(federation, plane, cut=cut, now_ms=_now_ms())
+    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
+    path = save_revocation(keys_dir, revocation)
+    shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
+    click.echo(
+        f"rotated {plane}: key {old[:16]} -> {updated[plane].key_id[:16]}; old key revoked "
+        f"(cut {shown}); wrote {path}"
+    )
+    _apply(apply_to, [delegation], revocation)
+
+
+# --------------------------------------------------------------------------- peer
+
+
+@cli.group(cls=_Group)
+def peer() -> None:
+    """Run a control plane as a process, or write and read through its store."""
+
+
+def _write_ready_file(path: Path, process: PeerProcess) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    document = {"pid": os.getpid(), "plane": process.config.plane, "port": process.port}
+    temporary.write_text(json.dumps(document) + "\n", "utf-8")
+    temporary.replace(path)
+
+
+@peer.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The peer config (see docs/operations.md).",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {pid, plane, port} here as JSON once listening and syncing.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+)
+def peer_run(*, config_path: Path, ready_file: Path | None, log_level: str) -> None:
+    """Run one control plane until SIGTERM or SIGINT: serve, dial, sync and log each sync."""
+    config = load_peer_config(config_path)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        process = PeerProcess(config)
+        await process.start()
+        try:
+            if ready_file is not None:
+                _write_ready_file(ready_file, process)
+            await stopping.wait()
+            process.say("stopping")
+        finally:
+            await process.stop()
+        logging.getLogger(__name__).info("%s: stopped", config.plane)
+
+    asyncio.run(run())
+
+
+def _parse_value(value: str, *, as_json: bool) -> Any:
+    if not as_json:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="VALUE") from exc
+
+
+@peer.command("write")
+@_replica_options
+@click.option("--json", "as_json", is_flag=True, help="Parse VALUE as JSON.")
+@click.argument("scope")
+@click.argument("collection", type=click.Choice(COLLECTIONS))
+@click.argument("key")
+@click.argument("value")
+def peer_write(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    as_json: bool,
+    scope: str,
+    collection: str,
+    key: str,
+    value: str,
+) -> None:
+    """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key, into its store.
+
+    A running peer process of that plane picks the write up from its store and syncs it.
+    A write the key has no authority for is refused, and nothing is written.
+    """
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    parsed = _parse_value(value, as_json=as_json)
+    target = Scope.parse(scope)
+    federation = load_keys(config.keys)
+    with _opened(config, create=True) as replica:
+        learn_key_directory(replica, federation, config.keys)
+        try:
+            receipt = replica.scope(target).collection(collection).set(key, parsed)
+        except AuthorityError as exc:
+            raise click.ClickException(
+                f"refused: {config.plane} (key {replica.identity.key_id[:16]}) may not write "
+                f"{collection} at {target}: {_one_line(exc)}"
+            ) from exc
+    click.echo(
+        f"wrote {collection}.{key} at {receipt.scope} as {config.plane} "
+        f"(seq {receipt.seq}, hlc {receipt.hlc})"
+    )
+
+
+@peer.command("get")
+@_replica_options
+@click.option("--effective", is_flag=True, help="The value in force (inherited from above).")
+@click.argument("scope")
+@click.argument("collection", type=click.Choice(COLLECTIONS))
+@click.argument("key")
+def peer_get(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    effective: bool,
+    scope: str,
+    collection: str,
+    key: str,
+) -> None:
+    """Print the value of KEY in COLLECTION at SCOPE as JSON (exit 1 when it is not set)."""
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    missing = object()
+    with _opened(config) as replica:
+        read = replica.effective if effective else replica.get
+        found = read(Scope.parse(scope), collection, key, missing)
+    if found is missing:
+        raise click.ClickException(f"{collection}.{key} is not set at {scope} in {config.plane}")
+    _echo_json(found)
+
+
+# --------------------------------------------------------------------------- view
+
+
+def _view_configs(
+    configs: tuple[Path, ...], keys_dir: Path | None, stores_dir: Path | None
+) -> tuple[Path, dict[str, PeerConfig]]:
+    found: dict[str, PeerConfig] = {}
+    key_dirs = set()
+    for path in configs:
+        config = load_peer_config(path)
+        found[config.plane] = config
+        key_dirs.add(config.keys.resolve())
+    if keys_dir is None:
+        if len(key_dirs) != 1:
+            raise click.UsageError("give --keys DIR, or --config files sharing one key directory")
+        keys_dir = next(iter(key_dirs))
+    if stores_dir is not None:
+        for store in sorted(stores_dir.glob("*.sqlite3")):
+            found.setdefault(
+                store.stem,
+                PeerConfig(plane=store.stem, keys=keys_dir, store=store, source=str(store)),
+            )
+    if not found:
+        raise click.UsageError("give --stores DIR or one --config per plane to read")
+    return keys_dir, found
+
+
+def _link_statuses(topology: Topology, replicas: Mapping[str, Replica]) -> dict[str, LinkStatus]:
+    statuses = {}
+    zero = SyncDebt(0, 0, 0)
+    for spec in topology.links():
+        upper, lower = replicas.get(spec.upper), replicas.get(spec.lower)
+        if upper is None and lower is None:
+            continue  # nothing is known of this link: the view takes it as connected
+        record = (link_record(lower, spec.upper) if lower else None) or (
+            link_record(upper, spec.lower) if upper else None
+        )
+        connected = record is None or bool(record.get("connected"))
+        statuses[spec.lower] = LinkStatus(
+            upper=spec.upper,
+            lower=spec.lower,
+            state=LinkState.UP if connected and not spec.air_gapped else LinkState.DOWN,
+            transport="bundle" if spec.air_gapped else str((record or {}).get("transport", "-")),
+            to_lower=upper.sync_debt(spec.lower) if upper else zero,
+            to_upper=lower.sync_debt(spec.upper) if lower else zero,
+            last_sync_ms=None if record is None else record.get("last_sync_ms"),
+            air_gapped=spec.air_gapped,
+        )
+    return statuses
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A peer config whose store to read (repeat, one per plane).",
+)
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help="Key directory.")
+@click.option(
+    "--stores",
+    "stores_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder of <plane>.sqlite3 stores (a federation directory).",
+)
+@click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"The topology (default: {TOPOLOGY_FILE} in the key directory).",
+)
+@click.option("--region", help="Show the view of this plane's subtree, as it sees it.")
+@click.option("--format", "output", type=click.Choice(["tree", "json"]), default="tree")
+def view(
+    *,
+    configs: tuple[Path, ...],
+    keys_dir: Path | None,
+    stores_dir: Path | None,
+    topology_file: Path | None,
+    region: str | None,
+    output: str,
+) -> None:
+    """The Global Fleet View (or a regional one) from the planes' SQLite stores."""
+    from .render import render_text  # noqa: PLC0415 - rich trees only for this command
+    from .views import fleet_view  # noqa: PLC0415
+
+    keys_dir, found = _view_configs(configs, keys_dir, stores_dir)
+    if topology_file is None and not (keys_dir / TOPOLOGY_FILE).is_file():
+        raise click.UsageError(f"no {TOPOLOGY_FILE} in {keys_dir}: give --topology FILE")
+    topology = load_topology(topology_file or keys_dir / TOPOLOGY_FILE)
+    viewer = region or topology.root.name
+    if viewer not in topology.planes:
+        raise click.BadParameter(f"no plane {viewer!r} in {topology.source}", param_hint="--region")
+    if viewer not in found:
+        raise click.ClickException(
+            f"no store for {viewer}: the view is computed at its replica (give its --config, "
+            f"or --stores with {viewer}.sqlite3)"
+        )
+    federation = load_keys(keys_dir)
+    replicas: dict[str, Replica] = {}
+    try:
+        for name, config in found.items():
+            if name in topology.planes and name in federation.planes:
+                with _progress(f"reading {name} ({config.store})"):
+                    replicas[name] = open_replica(config, keys=federation, create=False)
+        statuses = _link_statuses(topology, replicas)
+        result = fleet_view(replicas[viewer], topology, statuses, root=region)
+    finally:
+        for replica in replicas.values():
+            replica.close()
+    if output == "json":
+        _echo_json(result.to_json())
+    else:
+        click.echo(render_text(result, color=sys.stdout.isatty(), details=True), nl=False)
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+@cli.group(cls=_Group)
+def bundle() -> None:
+    """The air-gapped procedure: bundles out, receipts back."""
+
+
+@bundle.command("export")
+@_replica_options
+@click.option("--peer", "peer_name", required=True, help="The plane the bundle is for.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=int, help="Most envelopes to carry (the rest go next time).")
+def bundle_export(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    peer_name: str,
+    out_file: Path,
+    limit: int | None,
+) -> None:
+    """Write a signed bundle of what PEER has not acknowledged yet."""
+    from .transports.bundle import export_bundle  # noqa: PLC0415
+
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    federation = load_keys(config.keys)
+    if peer_name not in federation.planes:
+        raise click.BadParameter(f"no plane {peer_name!r} in {config.keys}", param_hint="--peer")
+    with _opened(config) as replica, _progress(f"exporting a bundle for {peer_name}"):
+        info = export_bundle(
+            replica,
+            out_file,
+            peer=peer_name,
+            peer_scope=federation[peer_name].delegation.scope,
+            limit=limit,
+        )
+    more = "" if info.complete else " (limit reached: export again after its receipt)"
+    click.echo(
+        f"wrote {info.path}: {info.envelopes} envelopes, {info.checkpoints} checkpoints, "
+        f"{info.delegations} delegations, {info.revocations} revocations, {info.size} bytes, "
+        f"for {peer_name}{more}"
+    )
+
+
+@bundle.command("import")
+@_replica_options
+@click.option(
+    "--receipt-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="After importing a bundle, write the receipt for its sender here.",
+)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def bundle_import(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    receipt_out: Path | None,
+    file: Path,
+) -> None:
+    """Verify and apply FILE: a bundle (all or nothing) or a receipt (settles sync debt)."""
+    from .transports.bundle import (  # noqa: PLC0415
+        RECEIPT_MAGIC,
+        export_receipt,
+        import_bundle,
+        import_receipt,
+    )
+
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    with file.open("rb") as stream:
+        is_receipt = stream.read(len(RECEIPT_MAGIC)) == RECEIPT_MAGIC
+    with _opened(config, create=True) as replica:
+        if is_receipt:
+            if receipt_out is not None:
+                raise click.UsageError("--receipt-out is for bundles; FILE is a receipt")
+            receipt = import_receipt(replica, file)
+            click.echo(
+                f"imported the receipt of {receipt.source}: {len(receipt.frontiers)} chains "
+                f"acknowledged; debt to {receipt.source} now "
+                f"{replica.sync_debt(receipt.source).envelopes} envelopes"
+            )
+            return
+        with _progress(f"verifying and importing {file.name}"):
+            result = import_bundle(replica, file)
+        click.echo(
+            f"imported {file.name} from {result.source}: {result.applied} applied, "
+            f"{result.duplicates} already held, {result.pending} pending, "
+            f"{result.rejected} rejected"
+        )
+        if receipt_out is not None:
+            export_receipt(replica, receipt_out, for_peer=result.source)
+            click.echo(f"wrote the receipt for {result.source} to {receipt_out}")
+
+
+@bundle.command("receipt")
+@_replica_options
+@click.option("--for", "for_peer", required=True, help="The plane whose bundles it receipts.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def bundle_receipt(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    for_peer: str,
+    out_file: Path,
+) -> None:
+    """Write a signed receipt of this replica's frontiers for the plane FOR."""
+    from .transports.bundle import export_receipt  # noqa: PLC0415
+
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    with _opened(config) as replica:
+        receipt = export_receipt(replica, out_file, for_peer=for_peer)
+    click.echo(f"wrote {out_file}: {len(receipt.frontiers)} chains, for {for_peer}")
+
+
+# --------------------------------------------------------------------------- audit, status
+
+
+def _writer_names(federation: FederationKeys) -> dict[str, str]:
+    return {creds.key_id: name for name, creds in federation.planes.items()}
+
+
+def _audit_line(record: ConflictRecord, names: Mapping[str, str]) -> str:
+    def who(chain: str) -> str:
+        return names.get(chain_writer(chain), chain_writer(chain)[:12])
+
+    winner, loser = record.winner, record.loser
+    return (
+        f"{record.scope} {record.collection}.{record.key}: {who(winner.writer)} "
+        f"(hlc {winner.hlc}, v{winner.version}) won over {who(loser.writer)} "
+        f"(hlc {loser.hlc}, v{loser.version}); {record.strategy}, {record.reason}"
+    )
+
+
+@cli.command()
+@_replica_options
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text")
+def audit(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    output: str,
+) -> None:
+    """The conflict log: every settled conflict, identical on converged replicas."""
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    federation = load_keys(config.keys)
+    with _opened(config) as replica:
+        records = replica.conflicts()
+    if output == "json":
+        names = _writer_names(federation)
+        _echo_json(
+            [
+                {
+                    **record.to_json(),
+                    "winner_plane": names.get(chain_writer(record.winner.writer)),
+                    "loser_plane": names.get(chain_writer(record.loser.writer)),
+                }
+                for record in records
+            ]
+        )
+        return
+    if not records:
+        click.echo(f"no conflicts recorded at {config.plane}")
+    names = _writer_names(federation)
+    for record in records:
+        click.echo(_audit_line(record, names))
+
+
+def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
+    document = replica.status().to_json()
+    # The chain of the replica opened here is this command's own incarnation, not the plane's.
+    del document["chain"]
+    peers = sorted(set(replica.store.peers()) | {link.name for link in config.peers})
+    document["plane"] = config.plane
+    document["store"] = str(config.store)
+    document["digest"] = replica.digest()
+    document["chains"] = len(replica.frontiers())
+    document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in peers}
+    document["links"] = {peer: link_record(replica, peer) for peer in peers}
+    return document
+
+
+@cli.command()
+@_replica_options
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table")
+def status(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    output: str,
+) -> None:
+    """A replica's status: frontiers, pending, quarantine, sync debt and last syncs."""
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    with _opened(config) as replica:
+        document = _status_document(config, replica)
+    if output == "json":
+        _echo_json(document)
+        return
+    console = _console()
+    summary = Table(
+        title=f"{config.plane} ({config.store})", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    summary.add_column("field")
+    summary.add_column("value")
+    for field in ("key_id", "durability", "hlc", "chains", "pending", "digest"):
+        summary.add_row(field, str(document[field]))
+    summary.add_row("quarantined", str(sum(document["quarantined"].values())))
+    summary.add_row("equivocators", str(len(document["equivocators"])))
+    console.print(summary)
+    links = Table(title="links", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("peer", "debt envelopes", "debt bytes", "oldest", "connected", "last sync"):
+        links.add_column(column)
+    for peer_name, debt in document["sync_debt"].items():
+        record = document["links"].get(peer_name) or {}
+        last = record.get("last_sync_ms")
+        links.add_row(
+            peer_name,
+            str(debt["envelopes"]),
+            str(debt["bytes"]),
+            f"{debt['oldest_age_ms'] / 1000:.1f} s",
+            "-" if not record else ("yes" if record.get("connected") else "no"),
+            "-" if last is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last / 1000)),
+        )
+    console.print(links)
+
+
+def main() -> None:
+    """The ``souverix-crdt`` console script."""
+    cli(prog_name="souverix-crdt")
+
+
+if __name__ == "__main__":
+    main()

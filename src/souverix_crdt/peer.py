@@ -1,0 +1,789 @@
+"""One control plane as a long-running process: its replica, its store and its peers.
+
+``souverix-crdt peer run --config FILE`` runs a :class:`PeerProcess`. The config file is YAML;
+relative paths are read from the file's own folder::
+
+    plane: region-a                     # the control plane this process runs (its key)
+    keys: keys                          # the key directory (souverix-crdt keys init)
+    store: data/region-a.sqlite3        # the replica's SQLite store (created if missing)
+    transport: tcp                      # tcp (the default) or nats
+    listen: 127.0.0.1:7302              # tcp: where downstream planes connect (host: loopback)
+    nats: nats://127.0.0.1:4222         # nats: the server (or leaf node) this plane uses
+    upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
+    downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
+    sync:                               # all optional
+      batch_size: 100
+      tick: 5s                          # silence after which a session re-sends its hello
+      retry: {initial: 200ms, maximum: 5s}
+      watch: 250ms                      # how often the store is checked for outside writes
+
+Sessions
+    Over TCP the lower plane dials its upstream (:func:`~.transports.tcp.connect_with_backoff`)
+    and the upper plane serves (:class:`~.transports.tcp.TcpServer`). Over NATS there is no
+    dialling: each plane opens a :class:`~.transports.nats.NatsTransport` to every configured
+    peer, and the two sessions meet on the fleet's subjects, across leaf nodes too. Every
+    session is a :class:`~.sync.session.SyncSession` pumped by
+    :func:`~.sync.driver.run_session`; when one ends, a new one starts after a backoff delay, and
+    its hello resumes from the frontiers both sides hold. One log line is written each time a
+    session has settled (both sides hold what the other could send) after moving envelopes.
+
+Writes from other processes
+    The store is the plane's durable state, and other processes may write to it (``souverix-crdt
+    peer write``, a bundle import, a revocation applied by an operator). SQLite's
+    ``data_version`` tells when someone committed; the process then takes in, through the
+    ordinary verified ingest path, every envelope, delegation and revocation the store holds
+    that its replica does not, and its sessions push them to the peers like its own writes.
+
+Link records
+    Each sync is also recorded in the store (named value ``peer-link:<peer>``: connected or
+    not, and the time of the last settled sync), so the views and ``status`` commands, which
+    read stores, show how fresh each link is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import yaml
+
+from .backoff import Backoff
+from .errors import ConfigError, SouverixError, TransportError
+from .keydir import load_revocations
+from .keyring import FederationKeys, load_keys
+from .replica import IngestOutcome, Replica
+from .scope import Scope
+from .store.base import Batch
+from .store.sqlite import SqliteStore
+from .sync.driver import SessionStats, run_session
+from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
+from .topology import parse_duration
+from .transports.base import Transport
+from .transports.tcp import TcpServer, connect_with_backoff
+
+__all__ = [
+    "LINK_META_PREFIX",
+    "PeerConfig",
+    "PeerLink",
+    "PeerProcess",
+    "describe_peers",
+    "learn_key_directory",
+    "link_record",
+    "load_peer_config",
+    "open_replica",
+    "parse_peer_config",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The reconnect schedule of a config that gives none: quick first retries, capped at 5 s.
+DEFAULT_RETRY: Final = Backoff(initial=0.2, maximum=5.0)
+#: Named values in the store that record each link's last sync (``peer-link:<peer>``).
+LINK_META_PREFIX: Final = "peer-link:"
+#: The address a TCP peer listens on when its config gives only a port.
+DEFAULT_HOST: Final = "127.0.0.1"
+_TOP_FIELDS: Final = frozenset(
+    {"plane", "keys", "store", "transport", "listen", "nats", "upstream", "downstream", "sync"}
+)
+_SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch"})
+_RETRY_FIELDS: Final = frozenset({"initial", "maximum"})
+_LINK_FIELDS: Final = frozenset({"name", "address"})
+_TRANSPORTS: Final = ("tcp", "nats")
+# Envelopes read from the store per ingest call when taking in writes made by other processes.
+_WATCH_PAGE: Final = 256
+
+
+@attrs.frozen(kw_only=True)
+class PeerLink:
+    """A configured peer plane.
+
+    Attributes:
+        name: The peer's plane name (as it names itself in its hello).
+        host: Where to dial it (TCP upstream only).
+        port: Its port (TCP upstream only).
+    """
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port``, or ``""`` when it is not dialled."""
+        return "" if self.host is None else f"{self.host}:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
+class PeerConfig:
+    """A validated peer config (see the module documentation for the file).
+
+    Attributes:
+        plane: The control plane this process runs.
+        keys: The key directory.
+        store: The SQLite store.
+        transport: ``tcp`` or ``nats``.
+        listen_host: Where a TCP peer listens (loopback by default).
+        listen_port: The TCP port, or ``None`` when nothing dials in.
+        nats_url: The NATS server, for ``transport: nats``.
+        upstream: The plane above, if any.
+        downstream: The planes below that sync with this one.
+        batch_size: Envelopes per batch.
+        tick_s: Seconds of silence after which a session re-sends its hello.
+        retry: The reconnect schedule.
+        watch_s: Seconds between looks at the store for writes of other processes.
+        source: The file it was read from.
+    """
+
+    plane: str
+    keys: Path
+    store: Path
+    transport: str = "tcp"
+    listen_host: str = DEFAULT_HOST
+    listen_port: int | None = None
+    nats_url: str | None = None
+    upstream: PeerLink | None = None
+    downstream: tuple[PeerLink, ...] = ()
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tick_s: float = 5.0
+    retry: Backoff = DEFAULT_RETRY
+    watch_s: float = 0.25
+    source: str = "<string>"
+
+    @property
+    def peers(self) -> tuple[PeerLink, ...]:
+        """Every configured peer, upstream first."""
+        return ((self.upstream,) if self.upstream else ()) + self.downstream
+
+
+# --------------------------------------------------------------------------- config
+
+
+class _Reader:
+    """Typed field access that names the file and field in every error."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, field: str, detail: str, reason: str = "value") -> ConfigError:
+        return ConfigError(file=self.file, field=field, detail=detail, reason=reason)
+
+    def mapping(self, value: object, field: str, allowed: frozenset[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(field, f"expected a mapping, got {type(value).__name__}", "type")
+        for key in value:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                raise self.fail(
+                    where,
+                    f"unknown field (expected one of: {', '.join(sorted(allowed))})",
+                    "unknown-field",
+                )
+        return value
+
+    def text(self, value: object, field: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(field, f"expected a non-empty string, got {value!r}", "type")
+        return value
+
+    def duration_s(self, value: object, field: str) -> float:
+        try:
+            return parse_duration(self.text(value, field)) / 1000
+        except ValueError as exc:
+            raise self.fail(field, str(exc)) from exc
+
+    def address(self, value: object, field: str, *, allow_zero: bool) -> tuple[str, int]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            host, port_text = DEFAULT_HOST, str(value)
+        elif isinstance(value, str):
+            host, _, port_text = value.rpartition(":")
+            host = host or DEFAULT_HOST
+        else:
+            raise self.fail(field, f"expected HOST:PORT or a port, got {value!r}", "type")
+        if not port_text.isdigit() or not (0 if allow_zero else 1) <= int(port_text) <= 65535:
+            raise self.fail(field, f"expected HOST:PORT with a port number, got {value!r}")
+        return host, int(port_text)
+
+    def link(self, value: object, field: str, *, dialled: bool) -> PeerLink:
+        if isinstance(value, str):
+            value = {"name": value}
+        item = self.mapping(value, field, _LINK_FIELDS)
+        if "name" not in item:
+            raise self.fail(f"{field}.name", "missing", "missing")
+        name = self.text(item["name"], f"{field}.name")
+        if not dialled:
+            if "address" in item:
+                raise self.fail(f"{field}.address", "only the upstream peer is dialled", "value")
+            return PeerLink(name=name)
+        if "address" not in item:
+            raise self.fail(
+                f"{field}.address", "missing (HOST:PORT of the upstream plane)", "missing"
+            )
+        host, port = self.address(item["address"], f"{field}.address", allow_zero=False)
+        return PeerLink(name=name, host=host, port=port)
+
+
+def _links(read: _Reader, top: dict[str, Any], plane: str, *, dialled: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if top.get("upstream") is not None:
+        options["upstream"] = read.link(top["upstream"], "upstream", dialled=dialled)
+    downstream = top.get("downstream") or []
+    if not isinstance(downstream, list):
+        raise read.fail("downstream", "expected a list of plane names", "type")
+    options["downstream"] = tuple(
+        read.link(item, f"downstream[{index}]", dialled=False)
+        for index, item in enumerate(downstream)
+    )
+    seen: set[str] = set()
+    for field, link in [("upstream", options.get("upstream"))] + [
+        (f"downstream[{i}]", link) for i, link in enumerate(options["downstream"])
+    ]:
+        if link is None:
+            continue
+        if link.name == plane:
+            raise read.fail(f"{field}.name", "a plane does not sync with itself")
+        if link.name in seen:
+            raise read.fail(f"{field}.name", f"{link.name!r} is listed twice")
+        seen.add(link.name)
+    return options
+
+
+def _transport(read: _Reader, top: dict[str, Any], *, has_downstream: bool) -> dict[str, Any]:
+    transport = top.get("transport", "tcp")
+    if transport not in _TRANSPORTS:
+        raise read.fail("transport", f"expected tcp or nats, got {transport!r}")
+    options: dict[str, Any] = {"transport": transport}
+    if transport == "tcp":
+        if "nats" in top:
+            raise read.fail("nats", "only for transport: nats")
+        if "listen" in top:
+            host, port = read.address(top["listen"], "listen", allow_zero=True)
+            options["listen_host"], options["listen_port"] = host, port
+        elif has_downstream:
+            raise read.fail("listen", "missing: downstream planes need an address", "missing")
+        return options
+    if "listen" in top:
+        raise read.fail("listen", "only for transport: tcp (NATS peers do not listen)")
+    if "nats" not in top:
+        raise read.fail("nats", "missing (the NATS server URL: nats://127.0.0.1:4222)", "missing")
+    url = read.text(top["nats"], "nats")
+    if not url.startswith(("nats://", "tls://")):
+        raise read.fail("nats", f"expected a nats:// URL, got {url!r}")
+    options["nats_url"] = url
+    return options
+
+
+def _sync(read: _Reader, value: object) -> dict[str, Any]:
+    sync = read.mapping(value or {}, "sync", _SYNC_FIELDS)
+    options: dict[str, Any] = {}
+    if "batch_size" in sync:
+        size = sync["batch_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 10_000:
+            raise read.fail("sync.batch_size", f"expected an integer in 1..10000, got {size!r}")
+        options["batch_size"] = size
+    if "tick" in sync:
+        options["tick_s"] = read.duration_s(sync["tick"], "sync.tick")
+    if "watch" in sync:
+        options["watch_s"] = read.duration_s(sync["watch"], "sync.watch")
+    if "retry" in sync:
+        retry = read.mapping(sync["retry"], "sync.retry", _RETRY_FIELDS)
+        initial = read.duration_s(retry.get("initial", "200ms"), "sync.retry.initial")
+        maximum = read.duration_s(retry.get("maximum", "5s"), "sync.retry.maximum")
+        if maximum < initial:
+            raise read.fail("sync.retry.maximum", "must be at least sync.retry.initial")
+        options["retry"] = Backoff(initial=initial, maximum=maximum)
+    return options
+
+
+def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = None) -> PeerConfig:
+    """Validate a peer config given as YAML text; relative paths are taken from ``base``.
+
+    Raises:
+        ConfigError: it does not validate; the message names ``file`` and the field.
+    """
+    read = _Reader(file)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise read.fail("", f"not valid YAML: {detail}", "syntax") from exc
+    top = read.mapping(document, "", _TOP_FIELDS)
+    for required in ("plane", "keys", "store"):
+        if required not in top:
+            raise read.fail(required, "missing", "missing")
+    folder = Path() if base is None else base
+    plane = read.text(top["plane"], "plane")
+    links = _links(read, top, plane, dialled=top.get("transport", "tcp") == "tcp")
+    return PeerConfig(
+        plane=plane,
+        keys=folder / read.text(top["keys"], "keys"),
+        store=folder / read.text(top["store"], "store"),
+        source=file,
+        **links,
+        **_transport(read, top, has_downstream=bool(links["downstream"])),
+        **_sync(read, top.get("sync")),
+    )
+
+
+def load_peer_config(path: str | Path) -> PeerConfig:
+    """Read and validate a peer config file.
+
+    Raises:
+        ConfigError: it cannot be read or does not validate.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            file=str(file), field="", detail=exc.strerror or str(exc), reason="missing"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            file=str(file), field="", detail="not UTF-8 text", reason="syntax"
+        ) from exc
+    return parse_peer_config(text, file=str(file), base=file.parent)
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def open_replica(
+    config: PeerConfig, *, keys: FederationKeys | None = None, create: bool = True
+) -> Replica:
+    """Open the plane's replica over its SQLite store, writing as the plane's key.
+
+    Args:
+        config: The peer config.
+        keys: The key directory, if already loaded.
+        create: Create the store (and its folder) when missing; else a missing store is an
+            error, so that a typo does not silently show an empty replica.
+
+    Raises:
+        ConfigError: the plane has no key in the key directory, or the store is missing.
+        KeyFileError: the key directory cannot be read or trusted.
+        StoreError: the store cannot be opened.
+    """
+    federation = load_keys(config.keys) if keys is None else keys
+    if config.plane not in federation.planes:
+        known = ", ".join(federation.planes)
+        raise ConfigError(
+            file=config.source,
+            field="plane",
+            detail=f"no plane {config.plane!r} in the key directory {config.keys} ({known})",
+            reason="reference",
+        )
+    if create:
+        config.store.parent.mkdir(parents=True, exist_ok=True)
+    elif not config.store.is_file():
+        raise ConfigError(
+            file=config.source,
+            field="store",
+            detail=f"{config.store} does not exist (has the peer run yet?)",
+            reason="missing",
+        )
+    store = SqliteStore.open(config.store)
+    try:
+        return Replica(
+            federation.identity(config.plane), federation.anchors, store, name=config.plane
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+def learn_key_directory(replica: Replica, keys: FederationKeys, directory: str | Path) -> int:
+    """Teach ``replica`` every delegation and revocation of a key directory; return how many new.
+
+    Peers would learn them from each other's hellos anyway; learning them at start means no
+    envelope of a known plane ever waits for its delegation, and a revocation an operator
+    dropped into the directory takes effect even before any session runs.
+    """
+    delegations = {link.digest: link.encode() for c in keys.planes.values() for link in c.chain}
+    learned = replica.add_delegations(delegations.values())
+    return learned + replica.add_revocations(load_revocations(directory))
+
+
+def link_record(replica: Replica, peer: str) -> dict[str, Any] | None:
+    """The last sync with ``peer`` that a peer process recorded in ``replica``'s store."""
+    raw = replica.store.meta(LINK_META_PREFIX + peer)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --------------------------------------------------------------------------- the process
+
+
+class _Observed(Transport):
+    """A transport that calls ``observe`` before each receive: when its session went quiet."""
+
+    def __init__(self, inner: Transport, observe: Callable[[], None]) -> None:
+        self.inner = inner
+        self.peer = inner.peer
+        self._observe = observe
+
+    async def send(self, frame: bytes) -> None:
+        await self.inner.send(frame)
+
+    async def receive(self) -> bytes:
+        self._observe()
+        return await self.inner.receive()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+
+@attrs.define
+class _SessionLog:
+    """What one session last reported, so a quiet session logs nothing more."""
+
+    expected: str | None
+    logged: tuple[int, int] | None = None
+    settled: bool = False
+
+
+class PeerProcess:
+    """One control plane's replica, served and synced over TCP or NATS until stopped.
+
+    Args:
+        config: The validated config.
+        log: Where the one-line progress reports go (default: this module's logger).
+        rng: Jitter of the reconnect delays.
+    """
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        *,
+        log: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._log = log or logger.info
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.replica: Replica | None = None
+        self.server: TcpServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sessions: set[asyncio.Task[SessionStats]] = set()
+        self._nats: Any = None
+        self._tried: dict[tuple[str, str], int] = {}
+        self._authority_seen = (-1, -1)
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port this plane listens on, once started."""
+        return None if self.server is None else self.server.port
+
+    def say(self, message: str) -> None:
+        """Write one progress line, prefixed with the plane's name."""
+        self._log(f"{self.config.plane}: {message}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the replica, start listening and start every session loop.
+
+        Raises:
+            ConfigError, KeyFileError, StoreError: the config, keys or store are unusable.
+            OSError: the listen address cannot be bound.
+            TransportError: the NATS server cannot be reached.
+        """
+        config = self.config
+        keys = load_keys(config.keys)
+        replica = open_replica(config, keys=keys)
+        self.replica = replica
+        try:
+            learned = learn_key_directory(replica, keys, config.keys)
+            chains = len(replica.frontiers())
+            self.say(
+                f"replica open: store {config.store}, key {replica.identity.key_id[:12]}, "
+                f"{chains} chains held, {learned} authority items learned from {config.keys}"
+            )
+            for link in config.peers:
+                # Sync debt towards every configured peer is kept from now on, not only once
+                # its first session says hello.
+                if link.name in keys.planes:
+                    replica.register_peer(link.name, [keys.planes[link.name].delegation.scope])
+            if config.transport == "tcp":
+                await self._start_tcp()
+            else:
+                await self._start_nats(keys.fleet_id)
+            self._tasks.append(asyncio.ensure_future(self._watch_store()))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_tcp(self) -> None:
+        config = self.config
+        if config.listen_port is not None:
+            self.server = await TcpServer.start(
+                config.listen_host, config.listen_port, handler=self._serve
+            )
+            self.say(f"listening on {config.listen_host}:{self.server.port}")
+        upstream = config.upstream
+        if upstream is not None:
+            self._tasks.append(asyncio.ensure_future(self._dial_loop(upstream)))
+
+    async def _start_nats(self, fleet_id: str) -> None:
+        # nats-py is the optional ``nats`` extra: imported only by planes configured for it.
+        import nats  # noqa: PLC0415
+
+        from .transports.nats import NatsTransport, Subjects  # noqa: PLC0415
+
+        url = self.config.nats_url
+        assert url is not None
+        attempt = 0
+        while True:
+            try:
+                self._nats = await nats.connect(
+                    servers=[url],
+                    name=self.config.plane,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                )
+                break
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                if attempt == 0:
+                    self.say(f"NATS server {url} unreachable ({exc}); retrying")
+                await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
+                attempt += 1
+        self.say(f"connected to NATS at {url}")
+        subjects = Subjects(fleet_id)
+        connection = self._nats
+
+        for link in self.config.peers:
+
+            def opener(name: str = link.name) -> Callable[[], Awaitable[Transport]]:
+                async def open_transport() -> Transport:
+                    return await NatsTransport.open(
+                        connection, subjects, local=self.config.plane, peer=name
+                    )
+
+                return open_transport
+
+            self._tasks.append(asyncio.ensure_future(self._session_loop(link.name, opener())))
+
+    async def stop(self) -> None:
+        """Stop every session, the server and the NATS connection; close the store. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        for task in (*tasks, *self._sessions):
+            task.cancel()
+        if tasks or self._sessions:
+            await asyncio.wait([*tasks, *self._sessions])
+        if self.server is not None:
+            await self.server.close()
+        if self._nats is not None:
+            connection, self._nats = self._nats, None
+            with contextlib.suppress(Exception):
+                await connection.close()
+        if self.replica is not None:
+            replica, self.replica = self.replica, None
+            replica.close()
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _dial_loop(self, link: PeerLink) -> None:
+        assert link.host is not None
+        assert link.port is not None
+        host, port = link.host, link.port
+        announced = False
+
+        async def sleep(delay: float) -> None:
+            # connect_with_backoff retries quietly; say so once per outage, not once per try.
+            nonlocal announced
+            if not announced:
+                self.say(f"{link.name} at {host}:{port} unreachable; retrying with backoff")
+                announced = True
+            await asyncio.sleep(delay)
+
+        async def dial() -> Transport:
+            nonlocal announced
+            transport = await connect_with_backoff(
+                host, port, backoff=self.config.retry, sleep=sleep, peer=link.name
+            )
+            announced = False
+            return transport
+
+        await self._session_loop(link.name, dial)
+
+    async def _session_loop(
+        self, peer: str, open_transport: Callable[[], Awaitable[Transport]]
+    ) -> None:
+        failures = 0
+        while True:
+            try:
+                transport = await open_transport()
+            except TransportError as exc:
+                if failures == 0:
+                    self.say(f"no transport to {peer} ({exc}); retrying")
+                await asyncio.sleep(self.config.retry.delay(failures, self._rng))
+                failures += 1
+                continue
+            failures = 0
+            stats = await self._session(transport, expected=peer)
+            detail = f"{stats.reason.value}" + (f": {stats.error}" if stats.error else "")
+            self.say(f"session with {peer} ended ({detail}); reconnecting")
+            # A peer that accepts and drops every session must not be hammered.
+            await asyncio.sleep(self.config.retry.delay(0, self._rng))
+
+    async def _serve(self, transport: Transport) -> None:
+        stats = await self._session(transport, expected=None)
+        self.say(f"session from {transport.peer} ended ({stats.reason.value})")
+
+    async def _session(self, transport: Transport, *, expected: str | None) -> SessionStats:
+        replica = self.replica
+        assert replica is not None
+        session = SyncSession(replica, batch_size=self.config.batch_size)
+        state = _SessionLog(expected)
+        observed = _Observed(transport, lambda: self._observe(session, state))
+        task = asyncio.ensure_future(
+            run_session(session, observed, tick_interval=self.config.tick_s)
+        )
+        self._sessions.add(task)
+        try:
+            return await task
+        finally:
+            self._sessions.discard(task)
+            with contextlib.suppress(TransportError, OSError):
+                await transport.close()
+            if session.peer_name and self.replica is not None:
+                self._record(session.peer_name, connected=False)
+
+    def _observe(self, session: SyncSession, state: _SessionLog) -> None:
+        peer = session.peer_name
+        if peer is None or session.state is not SessionState.OPEN:
+            return
+        allowed = {link.name for link in self.config.peers}
+        if (state.expected is not None and peer != state.expected) or peer not in allowed:
+            self.say(f"refusing a session with {peer!r}: not a configured peer here")
+            session.close(f"{self.config.plane} does not sync with {peer}")
+            return
+        if not self._settled(session, peer):
+            state.settled = False
+            return
+        counts = (session.envelopes_received, session.envelopes_sent)
+        if state.settled and counts == state.logged:
+            return
+        state.settled = True
+        previous = state.logged or (0, 0)
+        state.logged = counts
+        replica = self.replica
+        assert replica is not None
+        debt = replica.sync_debt(peer)
+        self.say(
+            f"synced with {peer}: {counts[0] - previous[0]} envelopes in, "
+            f"{counts[1] - previous[1]} out; {len(replica.frontiers())} chains held, "
+            f"debt to {peer} {debt.envelopes}"
+        )
+        self._record(peer, connected=True)
+
+    def _settled(self, session: SyncSession, peer: str) -> bool:
+        """Both directions done: the peer acknowledged what we can send, and we hold its share."""
+        replica = self.replica
+        assert replica is not None
+        if not session.caught_up:
+            return False
+        home = [replica.identity.scope]
+        for (scope, chain), seq in replica.store.peer_frontiers(peer).items():
+            if seq > replica.chain_seq(scope, chain) and replica.interested(
+                home, Scope.parse(scope)
+            ):
+                return False
+        return True
+
+    def _record(self, peer: str, *, connected: bool) -> None:
+        replica = self.replica
+        assert replica is not None
+        previous = link_record(replica, peer) or {}
+        now = replica.clock.physical()
+        record = {
+            "connected": connected,
+            "transport": self.config.transport,
+            "last_sync_ms": now if connected else previous.get("last_sync_ms"),
+            "updated_ms": now,
+        }
+        with contextlib.suppress(SouverixError):  # bookkeeping only: never stop a sync for it
+            replica.store.commit(Batch(meta={LINK_META_PREFIX + peer: json.dumps(record).encode()}))
+
+    # ------------------------------------------------------------------ outside writes
+
+    async def _watch_store(self) -> None:
+        # A connection of our own: data_version moves when any *other* connection commits,
+        # and from here the replica's own connection is another one too.
+        uri = self.config.store.resolve().as_uri() + "?mode=ro"
+        watcher = sqlite3.connect(uri, uri=True)
+        try:
+            seen = None
+            while True:
+                version = watcher.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen:
+                    seen = version
+                    picked = self.take_in_outside_writes()
+                    if picked:
+                        self.say(f"took in {picked} envelopes written to the store by others")
+                await asyncio.sleep(self.config.watch_s)
+        finally:
+            watcher.close()
+
+    def take_in_outside_writes(self) -> int:
+        """Ingest what other processes committed to the store; return the envelopes applied.
+
+        Chains are compared with the store's frontiers. A chain whose stored envelopes the
+        replica refused (revoked, equivocating) is tried once per new stored sequence number,
+        not on every look.
+        """
+        replica = self.replica
+        assert replica is not None
+        store = replica.store
+        authority = (len(store.delegations()), len(store.revocations()))
+        if authority != self._authority_seen:
+            self._authority_seen = authority
+            replica.add_delegations(item.data for item in store.delegations())
+            replica.add_revocations(item.data for item in store.revocations())
+        applied = 0
+        for (scope, chain), (seq, _) in sorted(store.frontiers().items()):
+            held = replica.chain_seq(scope, chain)
+            if seq <= held or self._tried.get((scope, chain), 0) >= seq:
+                continue
+            self._tried[(scope, chain)] = seq
+            while held < seq:
+                rows = store.envelopes_after(scope, chain, held, _WATCH_PAGE)
+                if not rows:
+                    break
+                results = replica.ingest_many([row.data for row in rows])
+                applied += sum(r.outcome is IngestOutcome.APPLIED for r in results)
+                now_held = replica.chain_seq(scope, chain)
+                if now_held <= held:
+                    break
+                held = now_held
+        return applied
+
+
+def describe_peers(config: PeerConfig) -> Mapping[str, str]:
+    """Each configured peer and how it is reached, for logs and ``status``."""
+    reached: dict[str, str] = {}
+    for link in config.peers:
+        if config.transport == "nats":
+            reached[link.name] = f"nats {config.nats_url}"
+        elif link.host is not None:
+            reached[link.name] = f"dials {link.address}"
+        else:
+            reached[link.name] = f"dials in to {config.listen_host}:{config.listen_port}"
+    return reached
