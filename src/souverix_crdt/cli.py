@@ -335,17 +335,23 @@ def keys_delegate(
 ) -> None:
     """Give a new control plane NAME a key and a delegation from plane ISSUER."""
     federation = load_keys(keys_dir)
-    updated = delegate_plane(
-        federation,
-        issuer=issuer,
-        name=name,
-        scope=Scope.parse(scope),
-        capabilities={Capability(c) for c in capabilities or ("report_status",)},
-        tier=Tier(tier),
-        autonomy=Autonomy(autonomy),
-        now_ms=_now_ms(),
-        validity_ms=days * 86_400_000,
-    )
+    target = Scope.parse(scope)
+    try:
+        updated = delegate_plane(
+            federation,
+            issuer=issuer,
+            name=name,
+            scope=target,
+            capabilities={Capability(c) for c in capabilities or ("report_status",)},
+            tier=Tier(tier),
+            autonomy=Autonomy(autonomy),
+            now_ms=_now_ms(),
+            validity_ms=days * 86_400_000,
+        )
+    except AuthorityError as exc:
+        raise click.ClickException(
+            f"refused: {issuer} cannot delegate {target} to {name}: {_one_line(exc)}"
+        ) from exc
     save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
     creds = updated[name]
     click.echo(
@@ -387,7 +393,7 @@ def _apply(
 ) -> None:
     for path in configs:
         config = load_peer_config(path)
-        with _opened(config) as replica:
+        with _opened(config, create=True) as replica:
             added = replica.add_delegations(d.encode() for d in delegations)
             added += replica.add_revocations([revocation.encode()])
         click.echo(f"applied to {config.plane} ({config.store}): {added} new authority items")
