@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Final, TextIO
 
@@ -199,6 +200,8 @@ def run_demo_dashboard(
     host: str = "127.0.0.1",
     port: int = DEFAULT_DEMO_PORT,
     *,
+    seed: int = 7,
+    workdir: Path | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> None:
@@ -210,13 +213,16 @@ def run_demo_dashboard(
     Args:
         host: The address to bind (loopback by default).
         port: The port to bind (0 picks a free one, printed with the address).
+        seed: The demo's seed (see :func:`~souverix_crdt.demo.run_demo`).
+        workdir: Where the demo keeps keys, bundles and graph files (default: a temporary
+            folder).
         out: Where the demo and the address are printed (default: standard output).
         stop: Set it to stop serving (for embedding and tests); default: wait for Ctrl+C.
     """
     from souverix_crdt.demo import run_demo  # noqa: PLC0415  (the demo is only needed here)
 
     stream = sys.stdout if out is None else out
-    result = run_demo(out=out)
+    result = run_demo(out=out, workdir=workdir, seed=seed)
     manager = result.manager
     handle = serve(manager, host, port)
     stream.write(f"\nDashboard of the demo federation: {handle.url}  (read-only; Ctrl+C to stop)\n")

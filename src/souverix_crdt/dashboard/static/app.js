@@ -351,7 +351,7 @@
       // column, so labels of sibling edges never overlap however many there are.
       lines.forEach((line, i) => {
         svg.append(s("text", {
-          class: ["edge-label", line.alert ? "alert" : ""].join(" "),
+          class: ["edge-label", line.alert ? "alert" : ""],
           x: x2 + 6, y: y2 - 8 - (lines.length - 1 - i) * 12, text: line.text,
         }));
       });
@@ -360,7 +360,7 @@
       if (!pos.has(n.name)) continue;
       const p = at(n.name);
       const flags = [n.autonomy === "conditional" ? "conditional" : "", n.air_gapped ? "air-gapped" : ""].filter(Boolean).join(" · ");
-      svg.append(s("g", { class: ["node", `level-${n.level}`, n.isolated ? "isolated" : ""].join(" "), dataset: { plane: n.name }, transform: `translate(${p.x},${p.y})` },
+      svg.append(s("g", { class: ["node", `level-${n.level}`, n.isolated ? "isolated" : ""], dataset: { plane: n.name }, transform: `translate(${p.x},${p.y})` },
         s("title", { text: `${n.scope} — ${n.level}, autonomy ${n.autonomy}${n.air_gapped ? ", air-gapped" : ""}` }),
         s("rect", { width: W, height: H, rx: 8, ry: 8 }),
         s("text", { x: 10, y: 18, text: n.name }),
@@ -400,7 +400,7 @@
     const current = state.overlay.startsWith("key:") ? state.overlay.slice(4) : null;
     table("trust", ["plane", "key", "domain", "may write", "capabilities", "issued by", "valid until"],
       state.data.trust.map((t) => h("tr", {
-        class: [`level-${t.level}`, t.key_id === current ? "selected" : ""].join(" "),
+        class: [`level-${t.level}`, t.key_id === current ? "selected" : ""],
         dataset: { key: t.key_id, plane: t.plane }, tabindex: "0",
         title: `writes into ${t.scopes.join(", ")}`,
         onclick: () => setOverlay(t.key_id === current ? "none" : `key:${t.key_id}`),
