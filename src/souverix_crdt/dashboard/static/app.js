@@ -258,7 +258,7 @@
             h("dt", { text: "master of record" }), h("dd", { text: `${d.master} (${d.level})` }),
             h("dt", { text: "autonomy" }), h("dd", { text: `${row.autonomy}${row.air_gapped ? ", air-gapped" : ""}${row.isolated ? ", operating cut off" : ""}` }),
             h("dt", { text: "uplink" }), h("dd", { text: row.link === null ? "— (view root)" : `${row.air_gapped ? "bundle files" : row.link}, last sync ${fmtTime(row.last_sync_ms)}` }),
-            h("dt", { text: "may write here" }), h("dd", { text: d.writers.map((w) => `${w.plane} (${w.collections.join(", ")})`).join("; ") || "—" }),
+            h("dt", { text: "may write here" }), h("dd", { title: d.writers.map((w) => `${w.plane}: ${w.collections.join(", ")}`).join("\n"), text: d.writers.map((w) => w.plane).join(", ") || "—" }),
             h("dt", { text: "judged at" }), h("dd", { text: `${d.seen_at}'s replica` }),
           )),
         h("div", null, h("h4", { text: "Effective policies" }), effective("policies")),
