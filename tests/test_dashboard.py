@@ -11,12 +11,17 @@ import base64
 import contextlib
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -437,3 +442,37 @@ def test_run_demo_dashboard_prints_the_address_and_serves_until_stopped() -> Non
     stop.set()
     thread.join(TIMEOUT)
     assert not thread.is_alive()
+
+
+def test_the_cli_demo_serves_the_dashboard_until_interrupted() -> None:
+    script = Path(sys.executable).with_name("souverix-crdt")
+    if not script.exists():
+        pytest.skip("the souverix-crdt console script is not installed (pip install -e .)")
+    process = subprocess.Popen(
+        [script, "demo", "--dashboard", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        for raw in process.stdout:
+            line = raw.decode()
+            if line.startswith("Dashboard of the demo federation:"):
+                break
+            assert time.monotonic() < deadline
+        else:
+            pytest.fail(f"no dashboard address printed: {process.stderr.read()!r}")
+        url = line.split(": ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        assert fetch(url)[0] == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

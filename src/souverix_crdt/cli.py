@@ -186,9 +186,25 @@ def cli() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep keys, bundles and graph files here (default: a temporary folder).",
 )
-# The --dashboard flag belongs here, once the dashboard ships: the slot is kept free for it.
-def demo(*, seed: int, workdir: Path | None) -> None:
+@click.option(
+    "--dashboard", is_flag=True, help="Then serve a live web dashboard of the federation."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
+@click.option(
+    "--port", default=8765, show_default=True, type=int, help="Dashboard port (0: any free one)."
+)
+def demo(*, seed: int, workdir: Path | None, dashboard: bool, host: str, port: int) -> None:
     """Run the brief's federation on a simulated clock and print its views."""
+    if dashboard:
+        try:
+            # Imported here: the dashboard's web stack is an optional extra.
+            from .dashboard import run_demo_dashboard  # noqa: PLC0415
+        except ImportError as exc:
+            raise click.ClickException(
+                "the dashboard needs its extra: pip install 'souverix-crdt[dashboard]'"
+            ) from exc
+        run_demo_dashboard(host, port, seed=seed, workdir=workdir)
+        return
     # Imported here: the demo pulls in the whole in-process federation.
     from .demo import run_demo  # noqa: PLC0415
 
