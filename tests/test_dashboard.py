@@ -392,6 +392,7 @@ def test_jsonable_keeps_odd_values_showable() -> None:
         "t": [1, 2.5, None],
     }
     assert jsonable(object()).startswith("<object object")
+    assert jsonable([float("nan"), float("inf")]) == ["nan", "inf"]
 
 
 # --------------------------------------------------------------------------- lifecycle

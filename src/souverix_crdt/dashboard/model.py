@@ -16,6 +16,7 @@ delegations by digest; nothing reads a :class:`~souverix_crdt.authority.SigningK
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -80,6 +81,8 @@ def jsonable(value: Any) -> Any:
     Values are whatever msgpack carried (a plane may write bytes or integer-keyed maps), and the
     page must show them rather than fail on one odd record.
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN or infinity; strict parsers reject them
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, bytes | bytearray | memoryview):
@@ -264,12 +267,13 @@ class Source:
             return master, self.replicas[master]
         return self.viewer, self.replicas[self.viewer]
 
-    def _plane_of_writer(self, writer: str) -> str | None:
-        key_id = chain_writer(writer)
-        for name, plane in self._planes().items():
-            if plane.leaf is not None and plane.leaf.subject.key_id == key_id:
-                return name
-        return None
+    def _writer_names(self) -> dict[str, str]:
+        """Plane names by key id, to name the writer of a register (a chain id)."""
+        return {
+            plane.leaf.subject.key_id: name
+            for name, plane in self._planes().items()
+            if plane.leaf is not None
+        }
 
     # ------------------------------------------------------------------ the whole page
 
@@ -537,6 +541,7 @@ class Source:
     def audit(self, scope: Scope | None = None) -> list[dict[str, Any]]:
         """The viewer's audit log (or one scope's), with plane names, values and agreement."""
         viewer = self.replicas[self.viewer]
+        names = self._writer_names()
         held = {name: set(replica.conflicts()) for name, replica in self.replicas.items()}
         result = []
         for record in viewer.conflicts():
@@ -552,7 +557,7 @@ class Source:
             ]
             entry = record.to_json()
             for role, register in (("winner", record.winner), ("loser", record.loser)):
-                entry[role]["plane"] = self._plane_of_writer(register.writer)
+                entry[role]["plane"] = names.get(chain_writer(register.writer))
                 entry[role]["key_id"] = chain_writer(register.writer)
                 entry[role]["register"] = self._value_of(record, register, viewer)
             entry["seen_at"] = self.viewer
@@ -599,6 +604,7 @@ class Source:
             }
             for name in ("policies", "versions", "meta")
         }
+        names = self._writer_names()
         history: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for collection in DESIRED_COLLECTIONS:
             handle = replica.scope(scope).collection(collection)
@@ -609,7 +615,7 @@ class Source:
                         "deleted": register.deleted,
                         "hlc": str(register.hlc),
                         "version": register.version,
-                        "writer": self._plane_of_writer(register.writer)
+                        "writer": names.get(chain_writer(register.writer))
                         or chain_writer(register.writer),
                     }
                     for register in handle.history(key)
