@@ -376,7 +376,9 @@ def test_a_single_replica_is_served_from_the_delegations_it_holds(demo: DemoResu
         assert {n["name"] for n in data["graph"]["nodes"]} >= {"global", "region-a"}
         view = data["views"]["fleet"]
         assert view["viewer"] == "region-a"
-        assert view["root"]["nodes"]["total"] == 50
+        assert view["root"]["name"] == "global"  # its whole known tree, judged by region-a
+        (region,) = [r for r in view["root"]["children"] if r["name"] == "region-a"]
+        assert region["nodes"]["total"] == 50
         detail = get_json(handle.url + "api/scope/global/region-a/edge-a2")
         assert detail["seen_at"] == "region-a"
         assert detail["nodes_total"] == 25

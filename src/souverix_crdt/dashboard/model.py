@@ -284,7 +284,9 @@ class Source:
             self.replicas[self.viewer],
             self.topology,
             links,
-            root=self.viewer,
+            # A lone replica is shown in its whole known tree (ancestors give it context);
+            # a federation from the highest plane it runs.
+            root=None if self.manager is None else self.viewer,
             delayed_after_ms=self.delayed_after_ms,
         )
         regions = {

@@ -101,6 +101,8 @@
 
   function linkText(row) {
     if (row.link === null) return { text: "root", cls: "link" };
+    // A lone replica's page knows no link state (the views count such a link as up).
+    if (state.data.kind === "replica") return { text: "link not known", cls: "link" };
     if (row.air_gapped) return { text: "bundle", cls: "link link-bundle" };
     if (row.link === "down") return { text: "link down", cls: "link link-down" };
     return { text: "link up", cls: "link" };
@@ -356,6 +358,14 @@
         }));
       });
     }
+    // A lone replica knows no sync relationships: its tree is drawn from the delegations.
+    const linked = new Set(edges.map((e) => `${e.upstream}->${e.downstream}`));
+    for (const n of nodes) {
+      if (!n.parent || !pos.has(n.parent) || !pos.has(n.name) || linked.has(`${n.parent}->${n.name}`)) continue;
+      const a = at(n.parent), b = at(n.name);
+      const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y, my = (y1 + y2) / 2;
+      svg.append(s("path", { class: "edge edge-delegation", d: `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}` }));
+    }
     for (const n of nodes) {
       if (!pos.has(n.name)) continue;
       const p = at(n.name);
@@ -384,7 +394,7 @@
     table("levels", ["level", "planes", "nodes", "cut off", "uplinks", "sync debt"],
       LEVELS.filter((l) => ls[l]).map((level) => {
         const x = ls[level];
-        const links = x.links ? `${x.up} up · ${x.down} down${x.air_gapped ? ` · ${x.air_gapped} air-gapped` : ""}` : "— (root)";
+        const links = x.links ? `${x.up} up · ${x.down} down${x.air_gapped ? ` · ${x.air_gapped} air-gapped` : ""}` : (level === "global" ? "— (root)" : "no link state known");
         const debt = x.links ? (x.debt.envelopes ? `${plural(x.debt.envelopes, "envelope")}, ${fmtBytes(x.debt.bytes)}, oldest ${x.debt_text}` : "none") : "—";
         return h("tr", { class: `level-${level}`, dataset: { level } },
           h("td", { class: "level-cell", text: level }),
