@@ -400,6 +400,28 @@ def test_air_gapped_round_trip_with_bundles_receipts_and_the_audit_log(fleet: Pa
     assert "0 applied, 1 already held" in again.output
 
 
+def test_a_zone_that_lost_its_store_is_refilled_from_its_receipt(fleet: Path) -> None:
+    region, edge = ("--config", fleet / "region-a.yaml"), ("--config", fleet / "edge-a1.yaml")
+    ok("peer", "write", *region, EDGE, "policies", "window", "sat")
+    first, receipt = fleet / "first.bundle", fleet / "edge.receipt"
+    ok("bundle", "export", *region, "--peer", "edge-a1", "--out", first)
+    ok("bundle", "import", *edge, first, "--receipt-out", receipt)
+    ok("bundle", "import", *region, receipt)
+    (fleet / "stores" / "edge-a1.sqlite3").unlink()  # the disk is lost
+    for stale in (fleet / "stores").glob("edge-a1.sqlite3-*"):
+        stale.unlink()
+    # region-a has nothing left to send by what edge-a1 acknowledged; the new, empty store's
+    # receipt says where to start instead.
+    again = fleet / "again.bundle"
+    assert (
+        "0 envelopes" in ok("bundle", "export", *region, "--peer", "edge-a1", "--out", again).output
+    )
+    ok("bundle", "receipt", *edge, "--for", "region-a", "--out", receipt)
+    ok("bundle", "export", *region, "--peer", "edge-a1", "--out", again, "--from-receipt", receipt)
+    ok("bundle", "import", *edge, again)
+    assert get(fleet, "edge-a1", EDGE, "policies", "window").output.strip() == '"sat"'
+
+
 def test_a_tampered_bundle_is_refused_whole(fleet: Path) -> None:
     ok("peer", "write", "--config", fleet / "region-a.yaml", EDGE, "policies", "w", "1")
     path = fleet / "down.bundle"

@@ -783,6 +783,12 @@ def bundle() -> None:
 @click.option("--peer", "peer_name", required=True, help="The plane the bundle is for.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--limit", type=int, help="Most envelopes to carry (the rest go next time).")
+@click.option(
+    "--from-receipt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from the frontiers of this receipt of PEER's, not from what it acknowledged "
+    "before (a peer that lost its store).",
+)
 def bundle_export(
     *,
     config_path: Path | None,
@@ -792,19 +798,22 @@ def bundle_export(
     peer_name: str,
     out_file: Path,
     limit: int | None,
+    from_receipt: Path | None,
 ) -> None:
     """Write a signed bundle of what PEER has not acknowledged yet."""
-    from .transports.bundle import export_bundle  # noqa: PLC0415
+    from .transports.bundle import export_bundle, read_receipt  # noqa: PLC0415
 
     config = _peer_config(config_path, keys_dir, plane, store_path)
     federation = load_keys(config.keys)
     if peer_name not in federation.planes:
         raise click.BadParameter(f"no plane {peer_name!r} in {config.keys}", param_hint="--peer")
     with _opened(config) as replica, _progress(f"exporting a bundle for {peer_name}"):
+        receipt = None if from_receipt is None else read_receipt(replica, from_receipt)
         info = export_bundle(
             replica,
             out_file,
             peer=peer_name,
+            peer_frontiers=receipt,
             peer_scope=federation[peer_name].delegation.scope,
             limit=limit,
         )
@@ -884,7 +893,8 @@ def bundle_receipt(
     from .transports.bundle import export_receipt  # noqa: PLC0415
 
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    with _opened(config) as replica:
+    # A new or rebuilt zone's first receipt comes from an empty store: create it.
+    with _opened(config, create=True) as replica:
         receipt = export_receipt(replica, out_file, for_peer=for_peer)
     click.echo(f"wrote {out_file}: {len(receipt.frontiers)} chains, for {for_peer}")
 
