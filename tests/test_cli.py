@@ -95,6 +95,8 @@ def test_demo_runs_and_keeps_its_files(tmp_path: Path) -> None:
     assert "Region A View" in result.output
     assert (tmp_path / "federation.json").is_file()
     assert (tmp_path / "keys" / "fleet.json").is_file()
+    assert "--workdir DIR keeps them" not in result.output
+    assert "--workdir DIR keeps them" in ok("demo").output
 
 
 # --------------------------------------------------------------------------- keys

@@ -209,6 +209,8 @@ def demo(*, seed: int, workdir: Path | None, dashboard: bool, host: str, port: i
     from .demo import run_demo  # noqa: PLC0415
 
     run_demo(workdir=workdir, seed=seed)
+    if workdir is None:
+        click.echo("(its files were in a temporary folder, now removed: --workdir DIR keeps them)")
 
 
 # --------------------------------------------------------------------------- keys
