@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import html
 import importlib
+import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -76,6 +78,11 @@ def write_index() -> None:
 
 def main() -> None:
     """Rebuild ``docs/api/`` from scratch."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Set and frozenset values are shown as repr, whose order follows the string hash
+        # seed: fix it, so that the same code gives the same pages.
+        environment = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(sys.executable, [sys.executable, __file__], environment)  # noqa: S606 - ourselves
     shutil.rmtree(OUTPUT, ignore_errors=True)
     pdoc.render.configure(
         docformat="google",
