@@ -246,7 +246,8 @@ def test_keys_rotate_moves_authority_to_a_new_key(fleet: Path) -> None:
         "--apply",
         fleet / "global.yaml",
     )
-    assert f"cut {REGION}=1" in result.output
+    assert f"cut {REGION}~" in result.output  # the cut names the chain (scope~epoch)
+    assert "=1)" in result.output
     keys = load_keys(fleet / "keys")
     assert keys["region-a"].key_id != old
     # The new key writes; what the old one wrote before the cut still counts; the zone below

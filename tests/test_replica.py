@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from souverix_crdt.authority import Capability, issue_revocation
+from souverix_crdt.authority import Capability, cut_key, issue_revocation
 from souverix_crdt.document import ScopeState, WriteOp
 from souverix_crdt.errors import (
     CapabilityViolationError,
@@ -187,7 +187,7 @@ def test_late_revocation_rebuilds_without_the_writes_past_the_cut() -> None:
         FLEET["region-a"].key,
         fleet_id=FLEET.anchors.fleet_id,
         revoked=edge.identity.key_id,
-        cut={EDGE: 1},
+        cut={cut_key(EDGE, edge.epoch): 1},
         hlc=Timestamp(NOW + 10),
     )
     assert region.add_revocations([revocation.encode()]) == 1
@@ -429,3 +429,26 @@ def test_the_pending_area_is_bounded() -> None:
     assert small.ingest(frames[0]).outcome is IngestOutcome.APPLIED
     assert small.status().pending == 0
     del region
+
+
+def test_a_revoked_key_cannot_escape_its_cut_by_restarting() -> None:
+    """Sequence numbers restart with every incarnation: the cut names the chain, not the scope."""
+    c = cluster("region-a", "edge-a1")
+    region, edge = c["region-a"], c["edge-a1"]
+    share_authority(region, edge)
+    edge.scope(EDGE).policies.set("p", "before")
+    region.ingest_many(envelopes_of(edge, EDGE))
+    revocation = issue_revocation(
+        FLEET["region-a"].key,
+        fleet_id=FLEET.anchors.fleet_id,
+        revoked=edge.identity.key_id,
+        cut={cut_key(EDGE, edge.epoch): 1},
+        hlc=Timestamp(NOW + 10),
+    )
+    region.add_revocations([revocation.encode()])
+    # The leaked key starts a fresh process: a new chain, numbered from 1 again.
+    reborn = c.restart("edge-a1")
+    reborn.scope(EDGE).policies.set("p", "after-revocation")
+    results = region.ingest_many(envelopes_of(reborn, EDGE))
+    assert [r.outcome for r in results] == [IngestOutcome.REJECTED]
+    assert region.scope(EDGE).policies["p"] == "before"

@@ -606,5 +606,5 @@ def verify_signed(
     # reaches the same verdict whenever it receives the envelope.
     grant = authority.grant_for(header.writer, header.delegation, at=header.hlc)
     grant.check_scope(header.scope)
-    authority.check_not_revoked(grant, header.scope, header.seq)
+    authority.check_not_revoked(grant, header.scope, header.seq, epoch=header.epoch)
     return raw, header, payload, identifier, grant

@@ -37,6 +37,7 @@ from .authority import (
     Delegation,
     Revocation,
     SigningKey,
+    cut_key,
     issue_delegation,
     issue_revocation,
     rotate_key,
@@ -240,14 +241,17 @@ def rotate_plane(
 
 
 def cut_from_store(store: Store, key_id: str) -> dict[str, int]:
-    """Per scope, the highest sequence number of ``key_id``'s chains that ``store`` holds.
+    """Per chain, the highest sequence number of ``key_id``'s chains that ``store`` holds.
 
-    What a revoker has seen of the key, as its own store records it: the natural cut.
+    What a revoker has seen of the key, as its own store records it: the natural cut. Keys are
+    :func:`~souverix_crdt.authority.cut_key` entries (scope and epoch), since every process
+    incarnation of a key numbers its own chain from 1.
     """
     cut: dict[str, int] = {}
     for (scope, chain), (seq, _) in store.frontiers().items():
         if chain_writer(chain) == key_id:
-            cut[scope] = max(cut.get(scope, 0), seq)
+            entry = cut_key(scope, int(chain.partition("~")[2] or "0", 16))
+            cut[entry] = max(cut.get(entry, 0), seq)
     return cut
 
 

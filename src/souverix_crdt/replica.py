@@ -1137,7 +1137,9 @@ class Replica:
                 if (
                     grant is not None
                     and state.seq
-                    and self.authority.is_cut(grant, key[0], state.seq)
+                    and self.authority.is_cut(
+                        grant, key[0], state.seq, epoch=int(key[1].partition("~")[2] or "0", 16)
+                    )
                 ):
                     self._rebuild(key)
         return new

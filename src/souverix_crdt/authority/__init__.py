@@ -92,6 +92,7 @@ from .keys import PublicKey as PublicKey
 from .keys import SigningKey as SigningKey
 from .registry import Authority as Authority
 from .revocation import Revocation as Revocation
+from .revocation import cut_key as cut_key
 from .revocation import issue_revocation as issue_revocation
 from .revocation import rotate_key as rotate_key
 
@@ -124,6 +125,7 @@ __all__ = [
     "allowed_collections",
     "check_fleet_id",
     "check_key_id",
+    "cut_key",
     "issue_delegation",
     "issue_revocation",
     "rotate_key",

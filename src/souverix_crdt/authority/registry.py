@@ -37,6 +37,7 @@ from .keys import (
 )
 from .revocation import (
     Revocation,
+    cut_key,
 )
 
 # --------------------------------------------------------------------------- the registry
@@ -251,10 +252,12 @@ class Authority:
         """True if any known revocation names ``key_id`` (whatever chains it reaches)."""
         return key_id in self._revocations_of
 
-    def _revocation_reason(self, grant: Grant, scope: Scope | str, seq: int) -> str | None:
+    def _revocation_reason(
+        self, grant: Grant, scope: Scope | str, seq: int, epoch: int
+    ) -> str | None:
         subjects = grant.chain_subjects
         leaf_index = len(subjects) - 1
-        path = str(scope)
+        path = cut_key(scope, epoch)
         for index, key_id in enumerate(subjects):
             for revocation in self._revocations_of.get(key_id, ()):
                 # A revocation reaches only chains where its issuer sits above the revoked key
@@ -276,21 +279,23 @@ class Authority:
                     )
         return None
 
-    def is_cut(self, grant: Grant, scope: Scope | str, seq: int) -> bool:
-        """True if the write ``seq`` in ``scope`` through ``grant`` does not count (revoked).
+    def is_cut(self, grant: Grant, scope: Scope | str, seq: int, *, epoch: int = 0) -> bool:
+        """True if the write ``seq`` of chain ``epoch`` in ``scope`` does not count (revoked).
 
         See the module docstring for the rule: the writer's own cut, and the cascade through
         revoked ancestors.
         """
-        return self._revocation_reason(grant, scope, seq) is not None
+        return self._revocation_reason(grant, scope, seq, epoch) is not None
 
-    def check_not_revoked(self, grant: Grant, scope: Scope | str, seq: int) -> None:
+    def check_not_revoked(
+        self, grant: Grant, scope: Scope | str, seq: int, *, epoch: int = 0
+    ) -> None:
         """Raise if the write ``seq`` in ``scope`` through ``grant`` is past a revocation's cut.
 
         Raises:
             RevokedError: if it is.
         """
-        reason = self._revocation_reason(grant, scope, seq)
+        reason = self._revocation_reason(grant, scope, seq, epoch)
         if reason is not None:
             raise RevokedError(
                 reason, reason="revoked", scope=str(scope), writer=grant.subject_key_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
@@ -54,6 +55,31 @@ from .keys import (
 _REVOCATION_KEYS: Final = frozenset({"v", "fleet", "issuers", "revoked", "cut", "kept", "hlc"})
 
 
+_EPOCH: Final = re.compile(r"[1-9a-f][0-9a-f]{0,15}", re.ASCII)
+
+
+def cut_key(scope: Scope | str, epoch: int = 0) -> str:
+    """The cut entry for one chain of the revoked key (``scope``, or ``scope~<epoch hex>``).
+
+    Epoch 0 is written as the bare scope. Sequence numbers restart with every process
+    incarnation (epoch), so a cut names the chain: a revoked key that starts a new incarnation
+    finds that chain's cut at 0.
+    """
+    return str(scope) if epoch == 0 else f"{scope}~{epoch:x}"
+
+
+def _check_cut_key(key: object) -> str:
+    if isinstance(key, Scope):
+        return str(key)
+    if type(key) is not str:
+        raise _malformed("cut keys are scope paths, optionally with ~epoch", "cut")
+    path, tilde, epoch = key.partition("~")
+    scope = str(_check_scope(path, what="cut"))
+    if tilde and _EPOCH.fullmatch(epoch) is None:
+        raise _malformed(f"cut key {key!r}: epoch must be lower-case hex, not 0", "cut")
+    return f"{scope}~{epoch}" if tilde else scope
+
+
 def _freeze_cut(value: CutLike) -> Mapping[str, int]:
     if not isinstance(value, Mapping):
         raise _malformed("cut must be a mapping of scope path to sequence number", "cut")
@@ -61,9 +87,9 @@ def _freeze_cut(value: CutLike) -> Mapping[str, int]:
         raise TooLargeError(f"more than {MAX_CUT_ENTRIES} scopes in a cut", reason="cut")
     frozen: dict[str, int] = {}
     for key, seq in value.items():
-        path = str(_check_scope(key, what="cut"))
+        path = _check_cut_key(key)
         if path in frozen:
-            raise _malformed(f"scope {path} appears twice in the cut", "cut")
+            raise _malformed(f"chain {path} appears twice in the cut", "cut")
         frozen[path] = _check_int(seq, what="cut")
     return types.MappingProxyType(dict(sorted(frozen.items())))
 
@@ -110,8 +136,9 @@ class Revocation:
         fleet_id: The fleet.
         issuers: Sorted key ids of the signers (roots, or one key holding ``delegate``).
         revoked: Key id of the revoked key.
-        cut: Per canonical scope path, the revoked key's last sequence number that still counts;
-            a scope not listed has cut 0.
+        cut: Per chain of the revoked key (``scope`` for its epoch-0 chain, ``scope~<epoch hex>``
+            for later incarnations, see :func:`cut_key`), the last sequence number that still
+            counts; a chain not listed has cut 0.
         kept: Digests of delegations issued by the revoked key that stay valid.
         hlc: When the revoker issued it (informational: the cut, not the time, decides).
         signatures: ``(public key, signature)`` pairs, sorted by public key.
@@ -165,9 +192,9 @@ class Revocation:
         """The canonical wire encoding."""
         return self._encoded
 
-    def cut_for(self, scope: Scope | str) -> int:
-        """The last sequence number of the revoked key that counts in ``scope`` (0 if unlisted)."""
-        return self.cut.get(str(scope), 0)
+    def cut_for(self, scope: Scope | str, epoch: int = 0) -> int:
+        """The last sequence number of the revoked key's chain that counts (0 if unlisted)."""
+        return self.cut.get(cut_key(scope, epoch), 0)
 
     def verify_signatures(self) -> None:
         """Verify every signature over :attr:`signed_bytes`.

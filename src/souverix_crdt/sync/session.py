@@ -15,8 +15,9 @@ Invariants:
   (dropped, or parked by a gap) and is sent again from the acked point.
 * Loss of a batch or of its ack is repaired by :meth:`tick`, which the caller invokes after a
   timeout: it resends the hello (so the peer's frontiers refresh) and forgets the batch in flight.
-* Delegations this side learned after the hellos (a relay hears of its zones' keys later) go to
-  the peer ahead of the first batch that follows, so it never parks envelopes for want of them.
+* The delegation chains of the writers in a batch go to the peer ahead of it, unless the peer is
+  known to hold them (a relay hears of its zones' keys after its own hello to its parent), so it
+  never parks envelopes for want of them.
 * Interest follows the tree, and it is decided by the peer's *verified* delegation, not by what it
   asks for: a peer receives the chains of its own subtree and of its ancestors, never a sibling's.
 
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
-from souverix_crdt.envelope import read_header
+from souverix_crdt.envelope import chain_writer, read_header
 from souverix_crdt.errors import (
     LocalProtocolError,
     ProtocolError,
@@ -276,7 +277,7 @@ class SyncSession:
         if hello.authority != replica.authority_digest():
             # The peer knows other delegations, revocations or proofs than we do: send ours
             # (its hello to us will bring us its own).
-            self._send_authority()
+            self._send_authority(repeat_all=True)
         else:
             self._peer_delegations.update(d.digest for d in replica.authority.delegations())
         self._merge_frontiers(hello.frontiers, reset=True)
@@ -368,19 +369,25 @@ class SyncSession:
         )
         self._queue(encode_message(hello))
 
-    def _send_authority(self) -> None:
+    def _send_authority(self, *, repeat_all: bool = False) -> None:
+        # Delegations the peer sent us or we sent it on this session are not sent again: a
+        # hello repeated after every tick would otherwise carry the whole fleet's each time.
+        # Revocations and proofs are few and always go.
         replica = self.replica
-        delegations = list(replica.authority.delegations())
-        self._peer_delegations.update(d.digest for d in delegations)
-        self._queue(
-            encode_message(
-                AuthorityItems(
-                    delegations=tuple(d.encode() for d in delegations),
-                    revocations=tuple(replica.revocations()),
-                    proofs=tuple(replica.proofs()),
-                )
-            )
+        known = self._peer_delegations
+        delegations = [d for d in replica.authority.delegations() if d.digest not in known]
+        if not delegations and repeat_all:
+            # The peer's digest still differs from ours after everything was sent once: a
+            # frame was lost (or a delegation arrived through another path). Send them all.
+            delegations = list(replica.authority.delegations())
+        known.update(d.digest for d in delegations)
+        items = AuthorityItems(
+            delegations=tuple(d.encode() for d in delegations),
+            revocations=tuple(replica.revocations()),
+            proofs=tuple(replica.proofs()),
         )
+        if items.delegations or items.revocations or items.proofs:
+            self._queue(encode_message(items))
 
     def _merge_frontiers(self, rows: Sequence[FrontierRow], *, reset: bool) -> None:
         for row in rows:
@@ -416,6 +423,7 @@ class SyncSession:
             return
         budget = self.batch_size
         items: list[bytes] = []
+        chains: list[str] = []
         for scope, chain, have, _ in self._lacking():
             if budget <= 0:
                 break
@@ -425,6 +433,7 @@ class SyncSession:
                 # unit in flight, and the envelopes after it follow its ack.
                 if items:
                     break
+                self._send_writer_authority([chain])
                 self._queue(encode_message(Checkpoint(checkpoint)))
                 self._in_flight = True
                 self._sent_upto[(scope, chain)] = read_header(checkpoint).seq
@@ -432,21 +441,37 @@ class SyncSession:
             if not batch:
                 continue
             items.extend(batch)
+            chains.append(chain)
             budget -= len(batch)
             self._sent_upto[(scope, chain)] = have + len(batch)
         if items:
+            self._send_writer_authority(chains)
             self._send_envelopes(items)
 
-    def _send_envelopes(self, items: list[bytes]) -> None:
+    def _send_writer_authority(self, chains: Sequence[str]) -> None:
+        """Send the delegation chains of these writers, as far as the peer may lack them.
+
+        A relay learns its zones' delegations after its hello to its parent, so the parent may
+        not know the writers of the envelopes it is about to relay. Sent ahead of them, only
+        for those writers; otherwise the peer parks the envelopes, acks without them and gets
+        the whole batch again once it has asked for authority.
+        """
+        authority = self.replica.authority
         known = self._peer_delegations
-        fresh = [d for d in self.replica.authority.delegations() if d.digest not in known]
+        fresh: dict[bytes, Delegation] = {}
+        for chain in chains:
+            for leaf in authority.delegations_for(chain_writer(chain)):
+                try:
+                    links: tuple[Delegation, ...] = authority.chain(leaf.digest)
+                except SouverixError:
+                    links = (leaf,)  # the peer judges an incomplete chain as we would
+                fresh.update((link.digest, link) for link in links if link.digest not in known)
         if fresh:
-            # Learned since the hellos (a relay: from its zones' hellos). Sent ahead of the
-            # envelopes that may need them; otherwise the peer parks those envelopes, acks
-            # without them and gets the whole batch again once it has asked for authority.
-            known.update(d.digest for d in fresh)
-            update = AuthorityItems(delegations=tuple(d.encode() for d in fresh))
-            self._queue(encode_message(update))
+            known.update(fresh)
+            items = AuthorityItems(delegations=tuple(d.encode() for d in fresh.values()))
+            self._queue(encode_message(items))
+
+    def _send_envelopes(self, items: list[bytes]) -> None:
         self._queue(encode_message(Envelopes(tuple(items))))
         self._in_flight = True
         self.envelopes_sent += len(items)
