@@ -7,8 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from . import bench_authority, bench_lww, bench_replica  # noqa: F401  (they register benchmarks)
+from . import (  # noqa: F401  (they register benchmarks)
+    bench_authority,
+    bench_lww,
+    bench_replica,
+    bench_scale,
+    bench_transports,
+)
 from .runner import REGISTRY, Context, machine
+
+
+def number(value: float) -> str:
+    """A table cell: one decimal for large values, four significant digits for small ones."""
+    return f"{value:14.1f}" if abs(value) >= 100 else f"{value:14.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'figure':34} {'value':>14} {'unit':14} {'baseline':>14} {'ratio':>8}  bar")
     for figure in context.figures:
         ratio = "" if figure.ratio is None else f"{figure.ratio:8.3f}"
-        baseline = "" if figure.baseline is None else f"{figure.baseline:14.1f}"
+        baseline = "" if figure.baseline is None else number(figure.baseline)
         verdict = ""
         if figure.bar is not None:
             op = ">=" if figure.better == "higher" else "<="
@@ -39,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             if not ok:
                 failed.append(figure.name)
         print(
-            f"{figure.name:34} {figure.value:14.1f} {figure.unit:14} {baseline} {ratio}  {verdict}"
+            f"{figure.name:34} {number(figure.value)} {figure.unit:14} {baseline:14} {ratio:8}  "
+            f"{verdict}"
         )
+    for name, reason in context.skipped.items():
+        print(f"{name:34} skipped: {reason}")
     if args.json:
         payload = {
             "figures": {f.name: f.to_json() for f in context.figures},
             "machine": machine(),
             "mode": "quick" if args.quick else "full",
+            "skipped": context.skipped,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

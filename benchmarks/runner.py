@@ -66,9 +66,14 @@ class Context:
     quick: bool
     repeats: int
     figures: list[Figure] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> None:
         self.figures.append(figure)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record that figure ``name`` could not be measured here, and why (JSON ``skipped``)."""
+        self.skipped[name] = reason
 
 
 BenchFn = Callable[[Context], None]
