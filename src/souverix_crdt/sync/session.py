@@ -481,4 +481,8 @@ class SyncSession:
             return
         if self._in_flight:
             return  # the next fill after the ack picks it up
+        if not self.replica.interested(self._interest(), Scope.parse(stored.scope)):
+            # Nothing this peer lacks changed. Skipping the fill matters in a large fleet: it
+            # scans every chain the replica holds, and every session hears of every envelope.
+            return
         self._fill()
