@@ -475,8 +475,15 @@ class Replica:
         return Strategy.LAST_WRITER_WINS
 
     def _refresh_strategies(self) -> None:
+        # _strategy_for per scope, with one pass over the delegations instead of one per scope
+        # (a hub holds a scope and a delegation per zone, and this runs on every new one).
+        conditional = {
+            d.scope for d in self.authority.delegations() if d.autonomy is Autonomy.CONDITIONAL
+        }
         for scope, state in self.fleet.scopes.items():
-            strategy = self._strategy_for(scope)
+            strategy = (
+                Strategy.AUTHORITY_PRECEDENCE if scope in conditional else Strategy.LAST_WRITER_WINS
+            )
             if strategy is not state.strategy:
                 state.strategy = strategy
                 self._rebuild_scope(scope)
