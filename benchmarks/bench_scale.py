@@ -360,8 +360,8 @@ def _zone_records(zone_index: int, nodes: int, generation: int) -> list[tuple[st
     return [(f"node-{i:07d}", node_value(i, generation)) for i in range(first, first + nodes)]
 
 
-def _restricted(snapshot: dict[str, Any], scope: Scope) -> dict[str, Any]:
-    return {s: v for s, v in snapshot.items() if Scope.parse(s).is_related_to(scope)}
+def _restricted(snapshot: list[tuple[Scope, str, Any]], scope: Scope) -> dict[str, Any]:
+    return {path: values for parsed, path, values in snapshot if parsed.is_related_to(scope)}
 
 
 def check_convergence(cluster: Cluster, topology: Topology, expected_nodes: int) -> None:
@@ -371,8 +371,9 @@ def check_convergence(cluster: Cluster, topology: Topology, expected_nodes: int)
     equal the global replica's snapshot restricted to its subtree and ancestors; the global one
     must hold every node record written.
     """
-    root = cluster["global"].snapshot()
-    held = sum(len(v.get("nodes", {})) for v in root.values())
+    snapshot = cluster["global"].snapshot()
+    held = sum(len(v.get("nodes", {})) for v in snapshot.values())
+    root = [(Scope.parse(path), path, values) for path, values in snapshot.items()]
     if held != expected_nodes:
         raise AssertionError(f"global holds {held} node records, expected {expected_nodes}")
     by_interest: dict[Scope, set[str]] = defaultdict(set)
