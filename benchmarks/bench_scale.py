@@ -93,15 +93,15 @@ def memory_probe(n: int, ours_first: bool) -> dict[str, float]:
         ops = [WriteOp("nodes", k, v) for k, v in items[start : start + FILL_BATCH]]
         ours_updates.append(writer.write("writer", Timestamp(NOW + number), ops).update)
     del writer
-    source: pycrdt.Doc = pycrdt.Doc(client_id=1)
+    source: pycrdt.Doc[Any] = pycrdt.Doc(client_id=1)
     source_nodes = source.get("nodes", type=pycrdt.Map)
     raw_updates = []
     for start in range(0, n, FILL_BATCH):
-        before = source.get_state()
+        state = source.get_state()
         with source.transaction():
             for key, value in items[start : start + FILL_BATCH]:
                 source_nodes[key] = msgpack.packb(value)
-        raw_updates.append(source.get_update(before))
+        raw_updates.append(source.get_update(state))
     del source, source_nodes, items
     kept: list[object] = []
 
@@ -113,7 +113,7 @@ def memory_probe(n: int, ours_first: bool) -> dict[str, float]:
         kept.append(fleet)
 
     def build_raw() -> None:
-        doc: pycrdt.Doc = pycrdt.Doc()
+        doc: pycrdt.Doc[Any] = pycrdt.Doc()
         nodes = doc.get("nodes", type=pycrdt.Map)
         for update in raw_updates:
             doc.apply_update(update)
@@ -139,7 +139,8 @@ def _probe_in_child(n: int, ours_first: bool) -> dict[str, float]:
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    grown: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return grown
 
 
 @benchmark("memory")
@@ -202,14 +203,14 @@ def cold_open(ctx: Context) -> None:
             assert writer.checkpoint(scope) is not None
         expected = writer.digest()
         writer.close()
-    raw: pycrdt.Doc = pycrdt.Doc()
+    raw: pycrdt.Doc[Any] = pycrdt.Doc()
     raw_nodes = raw.get("nodes", type=pycrdt.Map)
     with raw.transaction():
         for key, value in items:
             raw_nodes[key] = msgpack.packb(value)
     full_state = raw.get_update()
     opened: list[Replica] = []
-    loaded: list[pycrdt.Doc] = []
+    loaded: list[pycrdt.Doc[Any]] = []
     epochs = iter(range(2, 1_000_000))
 
     def ours(kind: str) -> Callable[[], Callable[[], None]]:
@@ -229,7 +230,7 @@ def cold_open(ctx: Context) -> None:
         loaded.clear()
 
         def run() -> None:
-            doc: pycrdt.Doc = pycrdt.Doc()
+            doc: pycrdt.Doc[Any] = pycrdt.Doc()
             doc.get("nodes", type=pycrdt.Map)
             doc.apply_update(full_state)
             loaded.append(doc)  # freed outside the timing, as the replicas are
@@ -554,11 +555,11 @@ def raw_flow(
     """
     zone_docs = {}
     for number, zone in enumerate(rounds, start=1):
-        doc: pycrdt.Doc = pycrdt.Doc(client_id=number)
+        doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=number)
         zone_docs[zone] = (doc, doc.get("nodes", type=pycrdt.Map))
     region_of = {z: r for r in topology.regions for z in topology.zones[r]}
-    region_docs = {r: pycrdt.Doc() for r in topology.regions}
-    global_doc: pycrdt.Doc = pycrdt.Doc()
+    region_docs: dict[str, pycrdt.Doc[Any]] = {r: pycrdt.Doc() for r in topology.regions}
+    global_doc: pycrdt.Doc[Any] = pycrdt.Doc()
     for doc in (*region_docs.values(), global_doc):
         doc.get("nodes", type=pycrdt.Map)
 
@@ -585,7 +586,12 @@ def raw_flow(
 
     late: list[bytes] = []
     total = time_once(flow)
-    converge = time_once(lambda: [global_doc.apply_update(u) for u in late])
+
+    def catch_up() -> None:
+        for update in late:
+            global_doc.apply_update(update)
+
+    converge = time_once(catch_up)
     return total + converge, converge
 
 
