@@ -20,7 +20,7 @@ import msgpack
 
 from .errors import DecodeError
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "decode", "encode", "encode_canonical"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "check_structure", "decode", "encode", "encode_canonical"]
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +60,7 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     return result
 
 
-def _check_structure(obj: Any, max_depth: int) -> None:
+def check_structure(obj: Any, max_depth: int) -> None:
     """Walk ``obj`` iteratively (no recursion): depth, key types, no foreign objects.
 
     Every decoded message passes through here, so the loop avoids generators and per-item
@@ -168,7 +168,7 @@ def decode(
         # msgpack reports truncation, bad formats, over-limit lengths and bad UTF-8 as ValueError
         # subclasses (UnicodeDecodeError, FormatError, OutOfData...).
         raise DecodeError(f"malformed msgpack: {exc}", reason="malformed") from exc
-    _check_structure(obj, limits.max_depth)
+    check_structure(obj, limits.max_depth)
     return obj
 
 

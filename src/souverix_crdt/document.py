@@ -40,6 +40,7 @@ from .lww import (
     Strategy,
     VersionRef,
     order_key,
+    register_stamp,
 )
 from .scope import Scope
 
@@ -122,6 +123,8 @@ class WriterDocument:
     __slots__ = (
         "_changes",
         "_last_update",
+        "_natives",
+        "_observer_error",
         "_observers",
         "_subscription",
         "client_id",
@@ -141,8 +144,12 @@ class WriterDocument:
         self.maps: dict[str, pycrdt.Map[Any]] = {
             name: self.doc.get(name, type=pycrdt.Map) for name in COLLECTIONS
         }
+        self._natives = {name: self.maps[name].integrated for name in COLLECTIONS}
         self._changes: list[tuple[str, str, bytes | None, bytes | None]] = []
-        self._observers = [(self.maps[name], self._observer(name)) for name in COLLECTIONS]
+        self._observers = [
+            (self.maps[name].integrated, self._observer(name)) for name in COLLECTIONS
+        ]
+        self._observer_error: BaseException | None = None
         self._last_update = b""
         # The transaction event carries exactly the delta of that transaction; asking for
         # get_update(state_before) instead costs about eight times as much per write.
@@ -151,30 +158,35 @@ class WriterDocument:
     def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
         self._last_update = event.update
 
-    def _observer(self, collection: str) -> Callable[[pycrdt.MapEvent], None]:
+    def _observer(self, collection: str) -> Callable[[Any], None]:
         changes = self._changes
 
-        def observe(event: pycrdt.MapEvent) -> None:
-            # Never raise here: pycrdt reports observer exceptions only after the transaction
-            # committed. Collect, and let apply() judge the entries afterwards.
-            keys: dict[str, dict[str, Any]] = event.keys  # type: ignore[attr-defined]
-            for key, change in keys.items():
-                old = change.get("oldValue")
-                if change.get("action") == "delete":
-                    new_bytes = None
-                else:
-                    # Anything but bytes (a Yjs number, a nested type) is not a register; b""
-                    # never decodes, so it is counted and ignored like any invalid entry.
-                    new = change.get("newValue")
-                    new_bytes = bytes(new) if isinstance(new, bytes | bytearray) else b""
-                changes.append(
-                    (
-                        collection,
-                        key,
-                        new_bytes,
-                        bytes(old) if isinstance(old, bytes | bytearray) else None,
+        def observe(event: Any) -> None:
+            # Subscribed on pycrdt's native map (``Map.integrated``): the Python wrapper would
+            # rebuild every event through ``process_event``, which costs more than the apply.
+            # Never raise here (the exception would surface only after the transaction
+            # committed): collect, and let apply() judge the entries afterwards.
+            try:
+                keys: dict[str, dict[str, Any]] = event.keys
+                for key, change in keys.items():
+                    old = change.get("oldValue")
+                    if change.get("action") == "delete":
+                        new_bytes = None
+                    else:
+                        # Anything but bytes (a Yjs number, a nested type) is not a register;
+                        # b"" never decodes, so it is counted and ignored like any invalid entry.
+                        new = change.get("newValue")
+                        new_bytes = bytes(new) if isinstance(new, bytes | bytearray) else b""
+                    changes.append(
+                        (
+                            collection,
+                            key,
+                            new_bytes,
+                            bytes(old) if isinstance(old, bytes | bytearray) else None,
+                        )
                     )
-                )
+            except BaseException as exc:  # pragma: no cover - pycrdt hands us a malformed event
+                self._observer_error = exc
 
         return observe
 
@@ -199,19 +211,25 @@ class WriterDocument:
 
     def write(self, entries: Iterable[tuple[str, str, bytes]]) -> bytes:
         """Store ``entries`` in one transaction and return the pycrdt update it produced."""
-        maps = self.maps
+        # Insert through the native maps: ``Map.__setitem__`` opens a nested transaction and
+        # re-checks its arguments for every key, which costs three times the insert itself.
+        # Keys and values are already checked (str keys, msgpack bytes) by the caller.
+        inserts = {name: native.insert for name, native in self._natives.items()}
         self._last_update = b""
-        with self.doc.transaction():
+        with self.doc.transaction() as txn:
+            native_txn = txn._txn
             for collection, key, data in entries:
-                maps[collection][key] = data
+                inserts[collection](native_txn, key, data)
         return bytes(self._last_update)
 
     def apply(self, update: bytes) -> list[tuple[str, str, bytes | None, bytes | None]]:
         """Apply one of the writer's updates; return ``(collection, key, new, old)`` per entry.
 
-        The update is decoded first (``get_state``) so malformed bytes never reach the
-        document; it must contain only this writer's items and must continue the document
-        without a gap (pycrdt would otherwise park it and lose it later).
+        pycrdt decodes the whole update before it touches the document, so malformed bytes
+        never reach it; the update must contain only this writer's items and must continue the
+        document without a gap (pycrdt would otherwise park it and lose it later). Its header
+        is read here first, because one announcing billions of clients makes pycrdt's decoder
+        allocate for a second or more.
 
         Raises:
             InvalidUpdateError: if the update is malformed, carries another client's items or
@@ -235,38 +253,34 @@ class WriterDocument:
                     scope=str(self.scope),
                     writer=self.writer,
                 )
-        try:
-            # get_state decodes the whole update: malformed bytes stop here, before the doc.
-            # It runs after the header checks, because a header announcing billions of clients
-            # makes it allocate for a second or more.
-            pycrdt.get_state(update)
-        except BaseException as exc:  # pycrdt panics are BaseException
-            if not isinstance(exc, Exception):
-                _reraise_if_fatal(exc)
-            raise InvalidUpdateError(
-                f"update does not decode: {exc}",
-                reason="malformed-update",
-                scope=str(self.scope),
-                writer=self.writer,
-            ) from exc
         self._changes.clear()
+        self._observer_error = None
         # Map observers convert every changed entry to Python; they are attached only while a
         # remote update is applied, so local writes do not pay for them.
-        subscriptions = [(m, m.observe(callback)) for m, callback in self._observers]
+        subscriptions = [native.observe(callback) for native, callback in self._observers]
         try:
             self.doc.apply_update(update)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 _reraise_if_fatal(exc)
+            # "Cannot decode update" is a ValueError (or a panic) raised before the document is
+            # touched; a RuntimeError comes from integrating a decoded update.
             raise InvalidUpdateError(
                 f"update failed to apply: {exc}",
-                reason="apply-failed",
+                reason="apply-failed" if isinstance(exc, RuntimeError) else "malformed-update",
                 scope=str(self.scope),
                 writer=self.writer,
             ) from exc
         finally:
-            for target, subscription in subscriptions:
-                target.unobserve(subscription)
+            for subscription in subscriptions:
+                subscription.drop()
+        if self._observer_error is not None:  # pragma: no cover - see _observer
+            raise InvalidUpdateError(
+                f"update applied but its changes could not be read: {self._observer_error}",
+                reason="apply-failed",
+                scope=str(self.scope),
+                writer=self.writer,
+            )
         return list(self._changes)
 
 
@@ -700,11 +714,26 @@ class ScopeState:
         doc.seq += 1
         allowed = self._allowed(writer)
         winner_of = self._winner_of
+        records = self._records
         changed: list[KeyRef] = []
         for collection, key, data, old in entries:
             if not allowed[collection]:
                 continue
             ref = (collection, key)
+            table = winner_of[collection]
+            if data is not None and key not in table and ref not in records:
+                # The common case: a key nobody else has a register for. Validate without
+                # building a Register; the index only needs to know who holds the winner.
+                try:
+                    stamp: tuple[int, int] | None = register_stamp(data)
+                except DecodeError:
+                    stamp = None
+                if stamp is not None and (max_hlc is None or stamp <= max_hlc):
+                    table[key] = writer
+                    changed.append(ref)
+                else:
+                    self.invalid_entries += 1
+                continue
             register: Register | None = None
             if data is not None:
                 try:
@@ -720,11 +749,7 @@ class ScopeState:
                 if self._drop_head(ref, writer, old):
                     changed.append(ref)
                 continue
-            if key not in winner_of[collection] and ref not in self._records:
-                winner_of[collection][key] = writer
-                changed.append(ref)
-                continue
-            self._record(ref, old if winner_of[collection].get(key) == writer else None)
+            self._record(ref, old if table.get(key) == writer else None)
             if self._index(ref, register):
                 changed.append(ref)
         return changed

@@ -27,9 +27,9 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from .codec import Limits, decode
+from .codec import Limits, check_structure, decode
 from .errors import DecodeError, InvalidValueError
-from .hlc import Timestamp
+from .hlc import MAX_LOGICAL, MAX_WALL, Timestamp
 
 __all__ = [
     "REGISTER_FORMAT",
@@ -42,6 +42,7 @@ __all__ = [
     "concurrent",
     "has_seen",
     "order_key",
+    "register_stamp",
     "winner",
 ]
 
@@ -57,6 +58,10 @@ REGISTER_LIMITS: Final = Limits(
     max_array_len=65_536,
     max_map_len=65_536,
 )
+
+_MAX_REGISTER_SIZE: Final = REGISTER_LIMITS.max_size
+#: A register's value sits one level below the register itself.
+_VALUE_DEPTH: Final = REGISTER_LIMITS.max_depth - 1
 
 #: ``(collection, key)``: the address of a register inside a scope.
 KeyRef = tuple[str, str]
@@ -132,38 +137,130 @@ class Register:
         Raises:
             DecodeError: if the bytes are not a well-formed register.
         """
-        fields = decode(data, REGISTER_LIMITS, unique_keys=False)
-        if type(fields) is not list or len(fields) != 8 or fields[0] != REGISTER_FORMAT:
-            raise DecodeError("not a register", reason="register-shape")
-        _, deleted, value, wall, logical, version, sup, ctx = fields
-        if type(deleted) is not bool:
-            raise DecodeError("register header fields have the wrong type", reason="register")
-        if type(version) is not int or version < 1:
-            raise DecodeError("register version must be a positive int", reason="register")
+        deleted, value, wall, logical, version, sup, ctx = _register_fields(data)
         supersedes = None
         if sup is not None:
-            if (
-                type(sup) is not list
-                or len(sup) != 2
-                or (sup[0] is not None and type(sup[0]) is not str)
-                or type(sup[1]) is not int
-            ):
-                raise DecodeError("bad supersedes reference", reason="register")
             supersedes = VersionRef(writer if sup[0] is None else sup[0], sup[1])
-        if type(ctx) is not dict:
-            raise DecodeError("register context must be a map", reason="register")
-        context = {w: Timestamp.from_list(t) for w, t in ctx.items()}
-        if deleted and value is not None:
-            raise DecodeError("a tombstone carries no value", reason="register")
         return cls(
             value=value,
             hlc=Timestamp(wall, logical),
             writer=writer,
             version=version,
             supersedes=supersedes,
-            context=context,
+            context={w: Timestamp(t[0], t[1]) for w, t in ctx.items()},
             deleted=deleted,
         )
+
+
+def register_stamp(data: bytes | bytearray) -> tuple[int, int]:
+    """Check that ``data`` is a well-formed register and return its ``(wall, logical)``.
+
+    Accepts exactly what :meth:`Register.decode` accepts, without building the register: the
+    path a replica takes for every key that only one writer has written.
+
+    Raises:
+        DecodeError: if the bytes are not a well-formed register.
+    """
+    fields = _register_fields(data)
+    return fields[2], fields[3]
+
+
+def _register_fields(
+    data: bytes | bytearray,
+) -> tuple[bool, Any, int, int, int, list[Any] | None, dict[str, list[int]]]:
+    """Decode and check a register's fields; the one validation every read path shares."""
+    fields = _unpack(data)
+    if type(fields) is not list or len(fields) != 8 or fields[0] != REGISTER_FORMAT:
+        raise DecodeError("not a register", reason="register-shape")
+    _, deleted, value, wall, logical, version, sup, ctx = fields
+    if type(deleted) is not bool:
+        raise DecodeError("register header fields have the wrong type", reason="register")
+    if type(wall) is not int or not 0 <= wall <= MAX_WALL:
+        raise DecodeError(f"wall time out of range: {wall!r}", reason="hlc-wall")
+    if type(logical) is not int or not 0 <= logical <= MAX_LOGICAL:
+        raise DecodeError(f"logical counter out of range: {logical!r}", reason="hlc-logical")
+    if type(version) is not int or version < 1:
+        raise DecodeError("register version must be a positive int", reason="register")
+    if sup is not None and (
+        type(sup) is not list
+        or len(sup) != 2
+        or (sup[0] is not None and type(sup[0]) is not str)
+        or type(sup[1]) is not int
+    ):
+        raise DecodeError("bad supersedes reference", reason="register")
+    if type(ctx) is not dict:
+        raise DecodeError("register context must be a map", reason="register")
+    for stamp in ctx.values():
+        # Exactly what Timestamp.from_list accepts, without building one.
+        if (
+            type(stamp) is not list
+            or len(stamp) != 2
+            or type(stamp[0]) is not int
+            or not 0 <= stamp[0] <= MAX_WALL
+            or type(stamp[1]) is not int
+            or not 0 <= stamp[1] <= MAX_LOGICAL
+        ):
+            Timestamp.from_list(stamp)  # raises the precise error
+            raise DecodeError(f"bad context timestamp: {stamp!r}", reason="hlc")
+    if deleted and value is not None:
+        raise DecodeError("a tombstone carries no value", reason="register")
+    return deleted, value, wall, logical, version, sup, ctx
+
+
+_CONTAINERS: Final = (list, dict)
+
+
+def _unpack(data: bytes | bytearray) -> Any:
+    """:func:`~souverix_crdt.codec.decode` under :data:`REGISTER_LIMITS`, fast for registers.
+
+    Every register of every received update passes through here, so the checks are inlined for
+    a register's shape; bytes the fast unpack refuses go through the general decoder, which
+    refuses them with the precise reason.
+    """
+    size = len(data) if type(data) is bytes or type(data) is bytearray else 0
+    if not 0 < size <= _MAX_REGISTER_SIZE:
+        return decode(data, REGISTER_LIMITS, unique_keys=False)
+    try:
+        # The same unpacker settings as the codec: every length capped by the input size.
+        fields = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=0,
+        )
+    except Exception:
+        return decode(data, REGISTER_LIMITS, unique_keys=False)
+    # The codec's structure walk (depth, str map keys), only where it can find something: a
+    # register's other fields are scalars or fixed shapes that _register_fields checks anyway.
+    if type(fields) is list and len(fields) == 8:
+        value = fields[2]
+        if type(value) is dict:
+            for key, child in value.items():
+                if type(key) is not str or type(child) in _CONTAINERS:
+                    check_structure(value, _VALUE_DEPTH)
+                    break
+        elif type(value) is list:
+            for child in value:
+                if type(child) in _CONTAINERS:
+                    check_structure(value, _VALUE_DEPTH)
+                    break
+        ctx = fields[7]
+        if type(ctx) is dict:
+            for key in ctx:
+                if type(key) is not str:
+                    raise DecodeError("map keys must be str", reason="map-key")
+    return fields
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"extension type {code} is not allowed", reason="ext")
 
 
 def encode_register_fields(
