@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from souverix_crdt.checkpoint import open_checkpoint
+import souverix_crdt.document as document
+from souverix_crdt.checkpoint import open_checkpoint, seal_checkpoint
+from souverix_crdt.codec import decode, encode
+from souverix_crdt.document import ScopeState, WriteOp
 from souverix_crdt.errors import MalformedEnvelopeError, SignatureError
+from souverix_crdt.hlc import Timestamp
 from souverix_crdt.replica import IngestOutcome
+from souverix_crdt.scope import Scope
+from souverix_crdt.store.base import Batch
 from souverix_crdt.sync.messages import Checkpoint, Envelopes, decode_message
 from souverix_crdt.testing.cluster import Cluster
 from souverix_crdt.testing.fleet import NOW, make_fleet
@@ -90,3 +96,99 @@ def test_tampered_checkpoint_is_rejected_and_changes_nothing() -> None:
     assert other.digest() == before
     assert other.ingest_checkpoint(checkpoint).outcome is IngestOutcome.APPLIED
     assert other.ingest_checkpoint(checkpoint).outcome is IngestOutcome.DUPLICATE
+
+
+# ------------------------------------------------------- the verdict kept with a checkpoint
+
+EDGE = "global/region-a/edge-a1"
+
+
+def hostile_checkpoint() -> tuple[bytes, str]:
+    """A checkpoint, properly signed by edge-a1, whose state holds entries that must not count.
+
+    A valid register, one dated after the checkpoint, one that is not a register at all, and
+    one under a key region-a writes too (so reopening needs full tracking for it).
+    """
+
+    member = FLEET["edge-a1"]
+    chain = f"{member.key_id}~0"
+    forger = ScopeState(Scope.parse(EDGE))
+    forger.write(chain, Timestamp(NOW), [WriteOp("policies", "fine", 1)])
+    forger.write(chain, Timestamp(NOW), [WriteOp("policies", "shared", "edge")])
+    forger.write(chain, Timestamp(NOW + 10**9), [WriteOp("policies", "future", "forever")])
+    document = forger.document(chain)
+    document.write([("policies", "junk", b"\xc1 not msgpack")])
+    checkpoint = seal_checkpoint(
+        member.key,
+        fleet_id=member.fleet_id,
+        scope=EDGE,
+        epoch=0,
+        seq=4,
+        prev=b"\x01" * 32,
+        last_id=b"\x02" * 32,
+        hlc=Timestamp(NOW + 1),
+        state_vector=document.state_vector(),
+        state=document.encode_state(),
+        delegation_digest=member.digest,
+    )
+    return checkpoint, chain
+
+
+def region_with_hostile_checkpoint() -> tuple[Cluster, str]:
+    cluster = Cluster(FLEET, ["region-a"])
+    region = cluster["region-a"]
+    region.add_delegations([d.encode() for d in FLEET["edge-a1"].chain])
+    region.scope(EDGE).policies.set("shared", "region")
+    checkpoint, chain = hostile_checkpoint()
+    assert region.ingest_checkpoint(checkpoint).outcome is IngestOutcome.APPLIED
+    return cluster, chain
+
+
+def visible(replica: object) -> dict[str, object]:
+    return dict(replica.scope(EDGE).policies.items())  # type: ignore[attr-defined]
+
+
+def test_entries_of_a_checkpoint_that_are_not_registers_never_count() -> None:
+    cluster, _ = region_with_hostile_checkpoint()
+    region = cluster["region-a"]
+    assert visible(region) == {"fine": 1, "shared": "region"}
+    assert region.fleet.scope(EDGE).invalid_entries == 2
+
+
+def test_reopening_keeps_the_verdict_and_judges_no_entry_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, chain = region_with_hostile_checkpoint()
+    region = cluster["region-a"]
+    region.checkpoint(EDGE)  # region-a's own document gets a checkpoint (and a verdict) too
+    digest, before = region.digest(), visible(region)
+    stored = cluster.stores["region-a"].meta(f"verdict:{EDGE}|{chain}")
+    assert stored is not None
+    assert decode(stored) == [4, [["policies", "future"], ["policies", "junk"]]]
+
+    def judged(data: bytes) -> tuple[int, int]:
+        raise AssertionError("an entry was judged again on reopening")
+
+    monkeypatch.setattr(document, "register_stamp", judged)
+    reopened = cluster.restart("region-a")
+    assert reopened.digest() == digest
+    assert visible(reopened) == before
+    # The key two writers hold is tracked in full again: its conflict is still resolved.
+    assert reopened.scope(EDGE).policies["shared"] == "region"
+
+
+@pytest.mark.parametrize("damage", ["missing", "other-seq", "garbage"])
+def test_without_a_usable_verdict_reopening_judges_every_entry(damage: str) -> None:
+    cluster, chain = region_with_hostile_checkpoint()
+    region = cluster["region-a"]
+    digest, before = region.digest(), visible(region)
+    store = cluster.stores["region-a"]
+    key = f"verdict:{EDGE}|{chain}"
+    replacement = {"missing": None, "other-seq": encode([3, []]), "garbage": b"\xc1"}[damage]
+    if replacement is None:
+        store._meta.pop(key)  # type: ignore[attr-defined]
+    else:
+        store.commit(Batch(meta={key: replacement}))
+    reopened = cluster.restart("region-a")
+    assert reopened.digest() == digest
+    assert visible(reopened) == before

@@ -24,7 +24,7 @@ import bisect
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, NoReturn, Protocol
 
 import attrs
 import msgpack
@@ -118,6 +118,7 @@ class WriterDocument:
         scope: The scope.
         writer: The writer's key id.
         seq: The sequence number of the last update applied (0 before any).
+        invalid: ``(collection, key)`` of the entries that are not valid registers.
     """
 
     __slots__ = (
@@ -129,6 +130,7 @@ class WriterDocument:
         "_subscription",
         "client_id",
         "doc",
+        "invalid",
         "maps",
         "scope",
         "seq",
@@ -139,6 +141,10 @@ class WriterDocument:
         self.scope = scope
         self.writer = writer
         self.seq = 0
+        # Entries that do not count (malformed, or dated after the update that carried them),
+        # judged once on arrival: the verdict is stored next to a checkpoint so reopening does
+        # not have to judge every entry again.
+        self.invalid: set[KeyRef] = set()
         self.client_id = client_id_for(scope, writer)
         self.doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=self.client_id)
         self.maps: dict[str, pycrdt.Map[Any]] = {
@@ -222,6 +228,22 @@ class WriterDocument:
                 inserts[collection](native_txn, key, data)
         return bytes(self._last_update)
 
+    def keys(self, collection: str) -> list[str]:
+        """Every key the document holds in ``collection``."""
+        return list(self.maps[collection].keys())
+
+    def load(self, update: bytes) -> None:
+        """Apply a full state to an empty document without reporting its entries.
+
+        Raises:
+            InvalidUpdateError: as :meth:`apply`; the document is unchanged.
+        """
+        self._check_update(update)
+        try:
+            self.doc.apply_update(update)
+        except BaseException as exc:
+            self._raise_apply_failed(exc)
+
     def apply(self, update: bytes) -> list[tuple[str, str, bytes | None, bytes | None]]:
         """Apply one of the writer's updates; return ``(collection, key, new, old)`` per entry.
 
@@ -235,6 +257,29 @@ class WriterDocument:
             InvalidUpdateError: if the update is malformed, carries another client's items or
                 leaves a gap. The document is unchanged.
         """
+        self._check_update(update)
+        self._changes.clear()
+        self._observer_error = None
+        # Map observers convert every changed entry to Python; they are attached only while a
+        # remote update is applied, so local writes do not pay for them.
+        subscriptions = [native.observe(callback) for native, callback in self._observers]
+        try:
+            self.doc.apply_update(update)
+        except BaseException as exc:
+            self._raise_apply_failed(exc)
+        finally:
+            for subscription in subscriptions:
+                subscription.drop()
+        if self._observer_error is not None:  # pragma: no cover - see _observer
+            raise InvalidUpdateError(
+                f"update applied but its changes could not be read: {self._observer_error}",
+                reason="apply-failed",
+                scope=str(self.scope),
+                writer=self.writer,
+            )
+        return list(self._changes)
+
+    def _check_update(self, update: bytes) -> None:
         start = _update_start(update)
         if start is not None:
             client, clock = start
@@ -253,35 +298,18 @@ class WriterDocument:
                     scope=str(self.scope),
                     writer=self.writer,
                 )
-        self._changes.clear()
-        self._observer_error = None
-        # Map observers convert every changed entry to Python; they are attached only while a
-        # remote update is applied, so local writes do not pay for them.
-        subscriptions = [native.observe(callback) for native, callback in self._observers]
-        try:
-            self.doc.apply_update(update)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                _reraise_if_fatal(exc)
-            # "Cannot decode update" is a ValueError (or a panic) raised before the document is
-            # touched; a RuntimeError comes from integrating a decoded update.
-            raise InvalidUpdateError(
-                f"update failed to apply: {exc}",
-                reason="apply-failed" if isinstance(exc, RuntimeError) else "malformed-update",
-                scope=str(self.scope),
-                writer=self.writer,
-            ) from exc
-        finally:
-            for subscription in subscriptions:
-                subscription.drop()
-        if self._observer_error is not None:  # pragma: no cover - see _observer
-            raise InvalidUpdateError(
-                f"update applied but its changes could not be read: {self._observer_error}",
-                reason="apply-failed",
-                scope=str(self.scope),
-                writer=self.writer,
-            )
-        return list(self._changes)
+
+    def _raise_apply_failed(self, exc: BaseException) -> NoReturn:
+        if not isinstance(exc, Exception):
+            _reraise_if_fatal(exc)
+        # "Cannot decode update" is a ValueError (or a panic) raised before the document is
+        # touched; a RuntimeError comes from integrating a decoded update.
+        raise InvalidUpdateError(
+            f"update failed to apply: {exc}",
+            reason="apply-failed" if isinstance(exc, RuntimeError) else "malformed-update",
+            scope=str(self.scope),
+            writer=self.writer,
+        ) from exc
 
 
 def _update_start(update: bytes) -> tuple[int, int] | None:
@@ -715,11 +743,15 @@ class ScopeState:
         allowed = self._allowed(writer)
         winner_of = self._winner_of
         records = self._records
+        invalid = doc.invalid
         changed: list[KeyRef] = []
         for collection, key, data, old in entries:
-            if not allowed[collection]:
-                continue
             ref = (collection, key)
+            if not allowed[collection]:
+                # Does not count for this writer; judged anyway, so the document's verdict
+                # stays complete if the writer's rights change.
+                _judge(invalid, ref, data is not None and not _counts(data, max_hlc))
+                continue
             table = winner_of[collection]
             if data is not None and key not in table and ref not in records:
                 # The common case: a key nobody else has a register for. Validate without
@@ -731,36 +763,61 @@ class ScopeState:
                 if stamp is not None and (max_hlc is None or stamp <= max_hlc):
                     table[key] = writer
                     changed.append(ref)
+                    if invalid:
+                        invalid.discard(ref)
                 else:
                     self.invalid_entries += 1
+                    invalid.add(ref)
                 continue
-            register: Register | None = None
-            if data is not None:
-                try:
-                    register = Register.decode(data, writer)
-                except DecodeError:
-                    register = None
-                if register is not None and max_hlc is not None and register.hlc > max_hlc:
-                    register = None
-            if register is None:
-                # Deterministic on every replica: an entry that is not a register does not
-                # count, and hides whatever the writer had there before.
-                self.invalid_entries += data is not None
-                if self._drop_head(ref, writer, old):
-                    changed.append(ref)
-                continue
-            self._record(ref, old if table.get(key) == writer else None)
-            if self._index(ref, register):
+            if self._apply_tracked(doc, ref, data, old, max_hlc):
                 changed.append(ref)
         return changed
 
+    def _apply_tracked(
+        self,
+        doc: WriterDocument,
+        ref: KeyRef,
+        data: bytes | None,
+        old: bytes | None,
+        max_hlc: Timestamp | None,
+    ) -> bool:
+        """Apply one entry for a key that has (or had) registers; True if its winner changed."""
+        writer = doc.writer
+        register: Register | None = None
+        if data is not None:
+            try:
+                register = Register.decode(data, writer)
+            except DecodeError:
+                register = None
+            if register is not None and max_hlc is not None and register.hlc > max_hlc:
+                register = None
+        _judge(doc.invalid, ref, data is not None and register is None)
+        if register is None:
+            # Deterministic on every replica: an entry that is not a register does not count,
+            # and hides whatever the writer had there before.
+            self.invalid_entries += data is not None
+            return self._drop_head(ref, writer, old)
+        self._record(ref, old if self._winner_of[ref[0]].get(ref[1]) == writer else None)
+        return self._index(ref, register)
+
     def apply_checkpoint(
-        self, writer: str, seq: int, state: bytes, *, max_hlc: Timestamp | None = None
+        self,
+        writer: str,
+        seq: int,
+        state: bytes,
+        *,
+        max_hlc: Timestamp | None = None,
+        invalid: Iterable[KeyRef] | None = None,
     ) -> list[KeyRef]:
         """Bring a writer's document forward to a snapshot of it taken at sequence ``seq``.
 
         The snapshot is a full-state pycrdt update; what the document already holds merges
         idempotently. Only moves forward.
+
+        ``invalid`` is this replica's own verdict on the snapshot (:attr:`WriterDocument.invalid`
+        when it was taken or received, kept in its store): with it, an empty document is
+        loaded without judging every entry again, which is what makes reopening a large
+        replica cheap. It must come from this replica's store, never from the network.
 
         Raises:
             InvalidUpdateError: if the snapshot does not decode; the document is unchanged.
@@ -768,9 +825,46 @@ class ScopeState:
         doc = self.document(writer)
         if seq <= doc.seq:
             return []
-        changed = self.apply_next(writer, state, max_hlc=max_hlc)
+        if invalid is not None and doc.seq == 0:
+            changed = self._load_judged(doc, state, set(invalid))
+        else:
+            changed = self.apply_next(writer, state, max_hlc=max_hlc)
         doc.seq = seq
         self._pending.pop(writer, None)
+        return changed
+
+    def _load_judged(self, doc: WriterDocument, state: bytes, invalid: set[KeyRef]) -> list[KeyRef]:
+        """Load a full state into an empty document, trusting a stored verdict on its entries."""
+        doc.load(state)
+        doc.invalid = invalid
+        self.invalid_entries += len(invalid)
+        writer = doc.writer
+        allowed = self._allowed(writer)
+        records = self._records
+        changed: list[KeyRef] = []
+        for collection in COLLECTIONS:
+            if not allowed[collection]:
+                continue
+            table = self._winner_of[collection]
+            for key in doc.keys(collection):
+                ref = (collection, key)
+                if invalid and ref in invalid:
+                    continue
+                if key not in table and ref not in records:
+                    table[key] = writer
+                    changed.append(ref)
+                    continue
+                # Another writer holds the key too: full tracking needs the register itself.
+                data = doc.get(collection, key)
+                try:
+                    register = Register.decode(data if data is not None else b"", writer)
+                except DecodeError:
+                    invalid.add(ref)  # the stored verdict missed it: judge it like any entry
+                    self.invalid_entries += 1
+                    continue
+                self._record(ref, None)
+                if self._index(ref, register):
+                    changed.append(ref)
         return changed
 
     # ------------------------------------------------------------------ index
@@ -868,7 +962,7 @@ class ScopeState:
         for writer, doc in sorted(self.documents.items()):
             allowed = self._allowed(writer)
             for collection, key, data in doc.entries():
-                if data is None or not allowed[collection]:
+                if data is None or not allowed[collection] or (collection, key) in doc.invalid:
                     continue
                 try:
                     register = Register.decode(data, writer)
@@ -880,6 +974,23 @@ class ScopeState:
                 else:
                     self._record(ref, None)
                     self._index(ref, register)
+
+
+def _judge(invalid: set[KeyRef], ref: KeyRef, is_invalid: bool) -> None:
+    """Record the verdict on one entry of a writer document."""
+    if is_invalid:
+        invalid.add(ref)
+    elif invalid:
+        invalid.discard(ref)
+
+
+def _counts(data: bytes, max_hlc: Timestamp | None) -> bool:
+    """True if ``data`` is a valid register dated no later than ``max_hlc``."""
+    try:
+        stamp = register_stamp(data)
+    except DecodeError:
+        return False
+    return max_hlc is None or stamp <= max_hlc
 
 
 def _first(entry: tuple[tuple[Any, ...], Register]) -> tuple[Any, ...]:

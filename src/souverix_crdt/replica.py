@@ -110,6 +110,8 @@ __all__ = [
 DEFAULT_MAX_PENDING: Final = 10_000
 
 _EQUIVOCATION_META: Final = "equivocation:"
+#: Meta key prefix of the verdict kept with each checkpoint (``verdict:<scope>|<chain>``).
+_VERDICT_META: Final = "verdict:"
 
 
 @attrs.frozen
@@ -437,10 +439,37 @@ class Replica:
         state = self._chain(key)
         self.policy.grants[key[1]] = verified.grant
         self.fleet.scope(key[0]).apply_checkpoint(
-            key[1], kept[0], verified.state, max_hlc=verified.header.hlc
+            key[1],
+            kept[0],
+            verified.state,
+            max_hlc=verified.header.hlc,
+            invalid=self._stored_verdict(key, kept[0]),
         )
         state.seq, state.last_id = kept[0], verified.last_id
         return True
+
+    def _stored_verdict(self, key: Key, seq: int) -> list[tuple[str, str]] | None:
+        """The entries of a kept checkpoint judged invalid when it was taken or received.
+
+        ``None`` (judge every entry again) if there is none for this sequence number or it
+        does not decode.
+        """
+        raw = self.store.meta(f"{_VERDICT_META}{key[0]}|{key[1]}")
+        if raw is None:
+            return None
+        try:
+            stored_seq, entries = decode(raw)
+            if stored_seq != seq:
+                return None
+            return [(collection, name) for collection, name in entries]
+        except (DecodeError, TypeError, ValueError):
+            return None
+
+    def _verdict(self, key: Key, seq: int) -> dict[str, bytes]:
+        """The meta row keeping a checkpoint's verdict, for the batch that keeps it."""
+        invalid = self.fleet.scope(key[0]).document(key[1]).invalid
+        entries = sorted([collection, name] for collection, name in invalid)
+        return {f"{_VERDICT_META}{key[0]}|{key[1]}": encode([seq, entries])}
 
     def _stored_proofs(self) -> Iterator[tuple[str, str, int, bytes, bytes]]:
         raw = self.store.meta(_EQUIVOCATION_META + "index")
@@ -997,6 +1026,7 @@ class Replica:
             Batch(
                 checkpoints=[StoredCheckpoint(str(target), self.chain, state.seq, data)],
                 compact=[(str(target), self.chain, state.seq)],
+                meta=self._verdict(key, state.seq),
             )
         )
         self._checkpoints[key] = (state.seq, data)
@@ -1043,6 +1073,7 @@ class Replica:
         path = str(header.scope)
         step.batch.checkpoints.append(StoredCheckpoint(path, header.chain, header.seq, data))
         step.batch.compact.append((path, header.chain, header.seq))
+        step.batch.meta.update(self._verdict(key, header.seq))
         self._checkpoints[key] = (header.seq, data)
         step.touched.add(key)
         step.changes.append((header.scope, changed))
