@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pycrdt
 import pytest
 from hypothesis import given
@@ -371,3 +372,64 @@ def test_losing_write_does_not_notify() -> None:
     assert fleet.receive("global", "a", old.seq, old.update) == []
     assert seen == []
     assert fleet.effective("global", "policies", "p") == "new"
+
+
+# ------------------------------------------------------- what one writer sees, every replica sees
+
+_deep: Any = "leaf"
+for _ in range(30):
+    _deep = [_deep]
+
+HOSTILE_VALUES = [
+    {1: "int key"},
+    {b"k": "bytes key"},
+    {"a": {2: "nested int key"}},
+    _deep,
+    msgpack.ExtType(1, b"x"),
+    "x" * (1 << 20),
+    list(range(70_000)),
+    dict.fromkeys((f"k{i}" for i in range(70_000)), 0),
+]
+plain_keys = st.text(max_size=4)
+any_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(plain_keys, st.integers(0, 3), st.binary(max_size=2)), inner),
+    ),
+    max_leaves=12,
+)
+
+
+def assert_seen_alike(value: Any) -> None:
+    local, remote = ScopeState(SCOPE), ScopeState(SCOPE)
+    before = fingerprint(local)
+    try:
+        seq, update = write(local, "w", 5, WriteOp("policies", "k", value))
+    except InvalidValueError:
+        assert fingerprint(local) == before
+        return
+    remote.receive("w", seq, update)
+    assert remote.invalid_entries == 0
+    assert remote.snapshot() == local.snapshot()
+    assert local.get("policies", "k") is not None or value is None
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=lambda v: type(v).__name__)
+def test_a_value_receivers_would_refuse_is_refused_at_the_writer(value: Any) -> None:
+    state = ScopeState(SCOPE)
+    write(state, "w", 1, WriteOp("policies", "k", "kept"))
+    before = fingerprint(state)
+    with pytest.raises(InvalidValueError):
+        write(state, "w", 2, WriteOp("policies", "k", value))
+    with pytest.raises(InvalidValueError):
+        write(state, "w", 2, WriteOp("policies", "fresh", value))
+    assert fingerprint(state) == before
+    assert state.get("policies", "k") == "kept"
+    assert_seen_alike(value)
+
+
+@given(any_values)
+def test_whatever_a_writer_can_write_every_receiver_counts(value: Any) -> None:
+    assert_seen_alike(value)
+    assert_seen_alike({"wrapped": value})

@@ -167,3 +167,10 @@ def test_a_value_at_the_depth_limit_is_accepted_by_every_path() -> None:
     assert expected is not None
     assert register is not None
     assert stamp == (1, 0)
+
+
+def test_long_containers_get_the_same_verdict() -> None:
+    for size in (65_536, 65_537):
+        assert_same_verdict(msgpack.packb([1, False, list(range(size)), 1, 0, 1, None, {}]))
+        value = dict.fromkeys((f"k{i}" for i in range(size)), 0)
+        assert_same_verdict(msgpack.packb([1, False, value, 1, 0, 1, None, {}]))

@@ -24,7 +24,7 @@ import bisect
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, NamedTuple, NoReturn, Protocol
+from typing import Any, Final, NamedTuple, NoReturn, Protocol, TypeAlias
 
 import attrs
 import msgpack
@@ -35,10 +35,13 @@ from .errors import DecodeError, InvalidUpdateError, InvalidValueError
 from .hlc import Timestamp
 from .lww import (
     REGISTER_FORMAT,
+    REGISTER_LIMITS,
     KeyRef,
     Register,
     Strategy,
     VersionRef,
+    check_storable,
+    is_plain,
     order_key,
     register_stamp,
 )
@@ -59,6 +62,9 @@ __all__ = [
     "decode_state_vector",
 ]
 
+#: ``(collection, {key: pycrdt map event entry})``: what one update changed in one collection.
+MapChanges: TypeAlias = tuple[str, dict[str, dict[str, Any]]]
+
 #: The fixed root maps of every writer document.
 COLLECTIONS: Final = ("policies", "versions", "nodes", "meta")
 #: Longest key accepted in a collection, in characters.
@@ -67,6 +73,7 @@ MAX_KEY_LENGTH: Final = 512
 DEFAULT_MAX_PENDING: Final = 100_000
 
 _COLLECTION_SET: Final = frozenset(COLLECTIONS)
+_PLAIN_SIZE: Final = REGISTER_LIMITS.max_size
 
 
 def client_id_for(scope: Scope, writer: str) -> int:
@@ -127,7 +134,6 @@ class WriterDocument:
         "_natives",
         "_observer_error",
         "_observers",
-        "_subscription",
         "client_id",
         "doc",
         "invalid",
@@ -151,17 +157,14 @@ class WriterDocument:
             name: self.doc.get(name, type=pycrdt.Map) for name in COLLECTIONS
         }
         self._natives = {name: self.maps[name].integrated for name in COLLECTIONS}
-        self._changes: list[tuple[str, str, bytes | None, bytes | None]] = []
+        self._changes: list[MapChanges] = []
         self._observers = [
             (self.maps[name].integrated, self._observer(name)) for name in COLLECTIONS
         ]
         self._observer_error: BaseException | None = None
         self._last_update = b""
-        # The transaction event carries exactly the delta of that transaction; asking for
-        # get_update(state_before) instead costs about eight times as much per write.
-        self._subscription = self.doc.observe(self._on_transaction)
 
-    def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
+    def _on_transaction(self, event: Any) -> None:
         self._last_update = event.update
 
     def _observer(self, collection: str) -> Callable[[Any], None]:
@@ -171,26 +174,9 @@ class WriterDocument:
             # Subscribed on pycrdt's native map (``Map.integrated``): the Python wrapper would
             # rebuild every event through ``process_event``, which costs more than the apply.
             # Never raise here (the exception would surface only after the transaction
-            # committed): collect, and let apply() judge the entries afterwards.
+            # committed): collect, and let the caller judge the entries afterwards.
             try:
-                keys: dict[str, dict[str, Any]] = event.keys
-                for key, change in keys.items():
-                    old = change.get("oldValue")
-                    if change.get("action") == "delete":
-                        new_bytes = None
-                    else:
-                        # Anything but bytes (a Yjs number, a nested type) is not a register;
-                        # b"" never decodes, so it is counted and ignored like any invalid entry.
-                        new = change.get("newValue")
-                        new_bytes = bytes(new) if isinstance(new, bytes | bytearray) else b""
-                    changes.append(
-                        (
-                            collection,
-                            key,
-                            new_bytes,
-                            bytes(old) if isinstance(old, bytes | bytearray) else None,
-                        )
-                    )
+                changes.append((collection, event.keys))
             except BaseException as exc:  # pragma: no cover - pycrdt hands us a malformed event
                 self._observer_error = exc
 
@@ -222,10 +208,17 @@ class WriterDocument:
         # Keys and values are already checked (str keys, msgpack bytes) by the caller.
         inserts = {name: native.insert for name, native in self._natives.items()}
         self._last_update = b""
-        with self.doc.transaction() as txn:
-            native_txn = txn._txn
-            for collection, key, data in entries:
-                inserts[collection](native_txn, key, data)
+        # The transaction event carries exactly the delta of that transaction (asking for
+        # get_update(state_before) instead costs about eight times as much per write). pycrdt
+        # encodes it for every transaction while someone listens, so only local writes listen.
+        subscription = self.doc._doc.observe(self._on_transaction)
+        try:
+            with self.doc.transaction() as txn:
+                native_txn = txn._txn
+                for collection, key, data in entries:
+                    inserts[collection](native_txn, key, data)
+        finally:
+            subscription.drop()
         return bytes(self._last_update)
 
     def keys(self, collection: str) -> list[str]:
@@ -244,8 +237,11 @@ class WriterDocument:
         except BaseException as exc:
             self._raise_apply_failed(exc)
 
-    def apply(self, update: bytes) -> list[tuple[str, str, bytes | None, bytes | None]]:
-        """Apply one of the writer's updates; return ``(collection, key, new, old)`` per entry.
+    def apply(self, update: bytes) -> list[MapChanges]:
+        """Apply one of the writer's updates; return what changed, per collection.
+
+        Each change is pycrdt's map event entry, ``{"action": "add" | "update" | "delete",
+        "newValue": …, "oldValue": …}``, exactly as received: :func:`entry_bytes` reads it.
 
         pycrdt decodes the whole update before it touches the document, so malformed bytes
         never reach it; the update must contain only this writer's items and must continue the
@@ -588,7 +584,6 @@ class ScopeState:
             InvalidValueError: if an op names an unknown collection, a bad key or a value that
                 cannot be stored. Nothing is written.
         """
-        doc = self.document(writer)
         if len(ops) > 1:
             ops = list({(op.collection, op.key): op for op in ops}.values())
         entries: list[tuple[str, str, bytes]] = []
@@ -622,12 +617,15 @@ class ScopeState:
                     raise InvalidValueError(
                         f"value cannot be stored: {exc}", reason="value", key=key
                     ) from exc
+                if len(data) > _PLAIN_SIZE or not is_plain(value):
+                    check_storable(value, data)
                 entries.append((collection, key, data))
                 fresh.append(ref)
                 continue
             register = self._next_register(ref, writer, hlc, op)
             entries.append((collection, key, register.encode()))
             tracked.append((ref, register))
+        doc = self.document(writer)  # created only once every op passed its checks
         update = doc.write(entries)
         doc.seq += 1
         changed: list[KeyRef] = []
@@ -738,47 +736,50 @@ class ScopeState:
             InvalidUpdateError: if the update is malformed; the document is unchanged.
         """
         doc = self.document(writer)
-        entries = doc.apply(update)
+        changes = doc.apply(update)
         doc.seq += 1
         allowed = self._allowed(writer)
         winner_of = self._winner_of
         records = self._records
         invalid = doc.invalid
         changed: list[KeyRef] = []
-        for collection, key, data, old in entries:
-            ref = (collection, key)
-            if not allowed[collection]:
-                # Does not count for this writer; judged anyway, so the document's verdict
-                # stays complete if the writer's rights change.
-                _judge(invalid, ref, data is not None and not _counts(data, max_hlc))
-                continue
+        for collection, keys in changes:
+            counts_here = allowed[collection]
             table = winner_of[collection]
-            if data is not None and key not in table and ref not in records:
-                # The common case: a key nobody else has a register for. Validate without
-                # building a Register; the index only needs to know who holds the winner.
-                try:
-                    stamp: tuple[int, int] | None = register_stamp(data)
-                except DecodeError:
-                    stamp = None
-                if stamp is not None and (max_hlc is None or stamp <= max_hlc):
-                    table[key] = writer
+            for key, change in keys.items():
+                ref = (collection, key)
+                data, old = entry_bytes(change)
+                if not counts_here:
+                    # Does not count for this writer; judged anyway, so the document's verdict
+                    # stays complete if the writer's rights change.
+                    _judge(invalid, ref, data is not None and not _counts(data, max_hlc))
+                    continue
+                if data is not None and key not in table and ref not in records:
+                    # The common case: a key nobody else has a register for. Validate without
+                    # building a Register; the index only needs to know who holds the winner.
+                    try:
+                        stamp: tuple[int, int] | None = register_stamp(data)
+                    except DecodeError:
+                        stamp = None
+                    if stamp is not None and (max_hlc is None or stamp <= max_hlc):
+                        table[key] = writer
+                        changed.append(ref)
+                        if invalid:
+                            invalid.discard(ref)
+                    else:
+                        self.invalid_entries += 1
+                        invalid.add(ref)
+                    continue
+                if self._apply_tracked(doc, ref, data, old, max_hlc):
                     changed.append(ref)
-                    if invalid:
-                        invalid.discard(ref)
-                else:
-                    self.invalid_entries += 1
-                    invalid.add(ref)
-                continue
-            if self._apply_tracked(doc, ref, data, old, max_hlc):
-                changed.append(ref)
         return changed
 
     def _apply_tracked(
         self,
         doc: WriterDocument,
         ref: KeyRef,
-        data: bytes | None,
-        old: bytes | None,
+        data: bytes | bytearray | None,
+        old: bytes | bytearray | None,
         max_hlc: Timestamp | None,
     ) -> bool:
         """Apply one entry for a key that has (or had) registers; True if its winner changed."""
@@ -873,7 +874,7 @@ class ScopeState:
         policy = self.policy
         return {name: policy.allows(writer, name) for name in COLLECTIONS}
 
-    def _record(self, ref: KeyRef, old_own: bytes | None) -> _KeyRecord:
+    def _record(self, ref: KeyRef, old_own: bytes | bytearray | None) -> _KeyRecord:
         """The key's full record, created from its single register on first need.
 
         ``old_own`` is the previous bytes of the single register when its own writer's document
@@ -917,7 +918,7 @@ class ScopeState:
             return True
         return False
 
-    def _drop_head(self, ref: KeyRef, writer: str, old: bytes | None) -> bool:
+    def _drop_head(self, ref: KeyRef, writer: str, old: bytes | bytearray | None) -> bool:
         """A writer's entry vanished or became invalid; True if the winner changed."""
         winner_of = self._winner_of[ref[0]]
         record = self._records.get(ref)
@@ -976,6 +977,26 @@ class ScopeState:
                     self._index(ref, register)
 
 
+def entry_bytes(
+    change: dict[str, Any],
+) -> tuple[bytes | bytearray | None, bytes | bytearray | None]:
+    """``(new, old)`` register bytes of one map event entry (``new`` is None for a delete).
+
+    Anything but bytes (a Yjs number, a nested type) is not a register: as the new value it
+    becomes ``b""``, which never decodes, so it is counted and ignored like any invalid entry;
+    as the old value it becomes None (nothing of it was indexed).
+    """
+    old = change.get("oldValue")
+    if type(old) is not bytearray and type(old) is not bytes:
+        old = None
+    if change.get("action") == "delete":
+        return None, old
+    new = change.get("newValue")
+    if type(new) is not bytearray and type(new) is not bytes:
+        new = b""
+    return new, old
+
+
 def _judge(invalid: set[KeyRef], ref: KeyRef, is_invalid: bool) -> None:
     """Record the verdict on one entry of a writer document."""
     if is_invalid:
@@ -984,7 +1005,7 @@ def _judge(invalid: set[KeyRef], ref: KeyRef, is_invalid: bool) -> None:
         invalid.discard(ref)
 
 
-def _counts(data: bytes, max_hlc: Timestamp | None) -> bool:
+def _counts(data: bytes | bytearray, max_hlc: Timestamp | None) -> bool:
     """True if ``data`` is a valid register dated no later than ``max_hlc``."""
     try:
         stamp = register_stamp(data)

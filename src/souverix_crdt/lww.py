@@ -39,8 +39,10 @@ __all__ = [
     "Register",
     "Strategy",
     "VersionRef",
+    "check_storable",
     "concurrent",
     "has_seen",
+    "is_plain",
     "order_key",
     "register_stamp",
     "winner",
@@ -207,7 +209,12 @@ def _register_fields(
     return deleted, value, wall, logical, version, sup, ctx
 
 
-_CONTAINERS: Final = (list, dict)
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+_STR_ONLY: Final = frozenset({str})
+#: Items in one list or map of a value (msgpack refuses longer headers under REGISTER_LIMITS).
+_MAX_ITEMS: Final = min(REGISTER_LIMITS.max_array_len, REGISTER_LIMITS.max_map_len)
+_MAX_ARRAY: Final = REGISTER_LIMITS.max_array_len
+_MAX_MAP: Final = REGISTER_LIMITS.max_map_len
 
 
 def _unpack(data: bytes | bytearray) -> Any:
@@ -229,10 +236,10 @@ def _unpack(data: bytes | bytearray) -> Any:
             strict_map_key=False,
             ext_hook=_refuse_ext,
             timestamp=0,
-            max_str_len=size,
+            max_str_len=size,  # the size is at most REGISTER_LIMITS.max_size
             max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
+            max_array_len=min(_MAX_ARRAY, size),
+            max_map_len=min(_MAX_MAP, size // 2),
             max_ext_len=0,
         )
     except Exception:
@@ -241,21 +248,11 @@ def _unpack(data: bytes | bytearray) -> Any:
     # register's other fields are scalars or fixed shapes that _register_fields checks anyway.
     if type(fields) is list and len(fields) == 8:
         value = fields[2]
-        if type(value) is dict:
-            for key, child in value.items():
-                if type(key) is not str or type(child) in _CONTAINERS:
-                    check_structure(value, _VALUE_DEPTH)
-                    break
-        elif type(value) is list:
-            for child in value:
-                if type(child) in _CONTAINERS:
-                    check_structure(value, _VALUE_DEPTH)
-                    break
+        if not is_plain(value):
+            check_structure(value, _VALUE_DEPTH)
         ctx = fields[7]
-        if type(ctx) is dict:
-            for key in ctx:
-                if type(key) is not str:
-                    raise DecodeError("map keys must be str", reason="map-key")
+        if type(ctx) is dict and not _STR_ONLY.issuperset(map(type, ctx)):
+            raise DecodeError("map keys must be str", reason="map-key")
     return fields
 
 
@@ -285,12 +282,52 @@ def encode_register_fields(
     if supersedes is not None:
         sup = [None if supersedes.writer == writer else supersedes.writer, supersedes.version]
     try:
-        return msgpack.packb(  # type: ignore[no-any-return]
+        data: bytes = msgpack.packb(
             [REGISTER_FORMAT, deleted, value, hlc.wall, hlc.logical, version, sup, context],
             use_bin_type=True,
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidValueError(f"value cannot be stored: {exc}", reason="value") from exc
+    check_storable(value, data)
+    return data
+
+
+def check_storable(value: Any, data: bytes) -> None:
+    """Refuse a register every other replica would refuse: what a writer sees, all see.
+
+    ``data`` is the encoded register holding ``value``. Plain values (a scalar, or a flat map
+    with str keys, or a flat list) of a register within the size limit are accepted at once;
+    anything else is judged by the very check receivers run on it.
+
+    Raises:
+        InvalidValueError: if receivers would not count the register.
+    """
+    if len(data) <= _MAX_REGISTER_SIZE and is_plain(value):
+        return
+    try:
+        register_stamp(data)
+    except DecodeError as exc:
+        raise InvalidValueError(f"value cannot be stored: {exc}", reason="value") from exc
+
+
+def is_plain(value: Any) -> bool:
+    """True for a scalar, a map of str to scalars, or a list of scalars (not too long).
+
+    Such a value passes the structure checks of the decoder whatever it holds (no nesting,
+    str keys, no extension types), so neither side has to walk it.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        return (
+            len(value) <= _MAX_ITEMS
+            and _STR_ONLY.issuperset(map(type, value))
+            and _SCALARS.issuperset(map(type, value.values()))
+        )
+    if kind is list:
+        return len(value) <= _MAX_ITEMS and _SCALARS.issuperset(map(type, value))
+    return False
 
 
 def has_seen(author: Register, other: Register) -> bool:
