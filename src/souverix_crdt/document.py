@@ -485,6 +485,9 @@ class ScopeState:
         self.conflicts = conflict_log if conflict_log is not None else ConflictLog()
         self.invalid_entries = 0
         self.invalid_updates = 0
+        # One packer per scope: msgpack.packb builds a new one for every call, which costs as
+        # much as the packing. (A packer resets itself after a failed pack.)
+        self._packer = msgpack.Packer(use_bin_type=True)
         # collection -> key -> id of the writer whose register wins (every live key).
         self._winner_of: dict[str, dict[str, str]] = {name: {} for name in COLLECTIONS}
         # Keys that have had more than one register.
@@ -592,6 +595,7 @@ class ScopeState:
         winner_of = self._winner_of
         records = self._records
         wall, logical = hlc
+        pack = self._packer.pack
         allowed = self._allowed(writer)
         for op in ops:
             collection = op.collection
@@ -609,10 +613,7 @@ class ScopeState:
             if key not in winner_of[collection] and ref not in records:
                 # The fast path: a key nobody has written.
                 try:
-                    data = msgpack.packb(
-                        [REGISTER_FORMAT, op.deleted, value, wall, logical, 1, None, {}],
-                        use_bin_type=True,
-                    )
+                    data = pack([REGISTER_FORMAT, op.deleted, value, wall, logical, 1, None, {}])
                 except (TypeError, ValueError, OverflowError) as exc:
                     raise InvalidValueError(
                         f"value cannot be stored: {exc}", reason="value", key=key
