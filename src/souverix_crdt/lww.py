@@ -322,21 +322,18 @@ def is_plain(value: Any) -> bool:
         return True
     # Plain loops: faster than set operations over map(type, ...) for the few items of a record.
     scalars = _SCALARS
-    if kind is dict:
-        if len(value) > _MAX_ITEMS:
-            return False
+    plain = (kind is dict or kind is list) and len(value) <= _MAX_ITEMS
+    if plain and kind is dict:
         for key, item in value.items():
             if type(key) is not str or type(item) not in scalars:
-                return False
-        return True
-    if kind is list:
-        if len(value) > _MAX_ITEMS:
-            return False
+                plain = False
+                break
+    elif plain:
         for item in value:
             if type(item) not in scalars:
-                return False
-        return True
-    return False
+                plain = False
+                break
+    return plain
 
 
 def has_seen(author: Register, other: Register) -> bool:
