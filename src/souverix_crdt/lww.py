@@ -170,8 +170,14 @@ def register_stamp(data: bytes | bytearray) -> tuple[int, int]:
 def _register_fields(
     data: bytes | bytearray,
 ) -> tuple[bool, Any, int, int, int, list[Any] | None, dict[str, list[int]]]:
-    """Decode and check a register's fields; the one validation every read path shares."""
-    fields = _unpack(data)
+    """Decode and check a register's fields; the one validation every read path shares.
+
+    It accepts exactly what :func:`~souverix_crdt.codec.decode` under :data:`REGISTER_LIMITS`
+    followed by these field checks accepts. Every register of every received update passes
+    through here, so the decoder's settings and structure walk are inlined for a register's
+    shape; bytes the fast unpack refuses go through the general decoder for the precise error.
+    """
+    fields = _decode_register(data)
     if type(fields) is not list or len(fields) != 8 or fields[0] != REGISTER_FORMAT:
         raise DecodeError("not a register", reason="register-shape")
     _, deleted, value, wall, logical, version, sup, ctx = fields
@@ -192,7 +198,9 @@ def _register_fields(
         raise DecodeError("bad supersedes reference", reason="register")
     if type(ctx) is not dict:
         raise DecodeError("register context must be a map", reason="register")
-    for stamp in ctx.values():
+    for writer, stamp in ctx.items():
+        if type(writer) is not str:
+            raise DecodeError("map keys must be str", reason="map-key")
         # Exactly what Timestamp.from_list accepts, without building one.
         if (
             type(stamp) is not list
@@ -204,6 +212,8 @@ def _register_fields(
         ):
             Timestamp.from_list(stamp)  # raises the precise error
             raise DecodeError(f"bad context timestamp: {stamp!r}", reason="hlc")
+    if not is_plain(value):
+        check_structure(value, _VALUE_DEPTH)  # the codec's walk: depth and str map keys
     if deleted and value is not None:
         raise DecodeError("a tombstone carries no value", reason="register")
     return deleted, value, wall, logical, version, sup, ctx
@@ -214,46 +224,32 @@ _SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 _MAX_ITEMS: Final = min(REGISTER_LIMITS.max_array_len, REGISTER_LIMITS.max_map_len)
 _MAX_ARRAY: Final = REGISTER_LIMITS.max_array_len
 _MAX_MAP: Final = REGISTER_LIMITS.max_map_len
+_UNDECODED: Final = object()
 
 
-def _unpack(data: bytes | bytearray) -> Any:
-    """:func:`~souverix_crdt.codec.decode` under :data:`REGISTER_LIMITS`, fast for registers.
-
-    Every register of every received update passes through here, so the checks are inlined for
-    a register's shape; bytes the fast unpack refuses go through the general decoder, which
-    refuses them with the precise reason.
-    """
-    size = len(data) if type(data) is bytes or type(data) is bytearray else 0
-    if not 0 < size <= _MAX_REGISTER_SIZE:
-        return decode(data, REGISTER_LIMITS, unique_keys=False)
-    try:
-        # The same unpacker settings as the codec: every length capped by the input size.
-        fields = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            ext_hook=_refuse_ext,
-            timestamp=0,
-            max_str_len=size,  # the size is at most REGISTER_LIMITS.max_size
-            max_bin_len=size,
-            max_array_len=min(_MAX_ARRAY, size),
-            max_map_len=min(_MAX_MAP, size // 2),
-            max_ext_len=0,
-        )
-    except Exception:
-        return decode(data, REGISTER_LIMITS, unique_keys=False)
-    # The codec's structure walk (depth, str map keys), only where it can find something: a
-    # register's other fields are scalars or fixed shapes that _register_fields checks anyway.
-    if type(fields) is list and len(fields) == 8:
-        value = fields[2]
-        if not is_plain(value):
-            check_structure(value, _VALUE_DEPTH)
-        ctx = fields[7]
-        if type(ctx) is dict:
-            for writer in ctx:
-                if type(writer) is not str:
-                    raise DecodeError("map keys must be str", reason="map-key")
+def _decode_register(data: bytes | bytearray) -> Any:
+    """The codec's decode under :data:`REGISTER_LIMITS`, minus its structure walk."""
+    kind = type(data)
+    size = len(data) if kind is bytes or kind is bytearray else 0
+    fields: Any = _UNDECODED
+    if 0 < size <= _MAX_REGISTER_SIZE:
+        try:
+            # The codec's unpacker settings: every length capped by the input size.
+            fields = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=False,
+                ext_hook=_refuse_ext,
+                max_str_len=size,
+                max_bin_len=size,
+                max_array_len=size if size < _MAX_ARRAY else _MAX_ARRAY,
+                max_map_len=size >> 1 if size >> 1 < _MAX_MAP else _MAX_MAP,
+                max_ext_len=0,
+            )
+        except Exception:
+            fields = _UNDECODED
+    if fields is _UNDECODED:
+        fields = decode(data, REGISTER_LIMITS, unique_keys=False)
     return fields
 
 
