@@ -60,3 +60,20 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
         assert figure["baseline"] > 0
         assert figure["ratio"] > 0
         assert {"unit", "better"} <= set(figure)
+
+
+def test_the_stage_breakdown_runs_in_quick_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.breakdown", "--quick", "--repeats", "1"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("durable write (2000 records")
+    assert any(line.startswith("remote ingest (2000 records") for line in lines)
+    stages = [line for line in lines if "us/record" in line]
+    assert len(stages) == 15
+    assert all(float(line.split()[0]) > 0 for line in stages)
