@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from souverix_crdt import scope as scope_module
 from souverix_crdt.errors import InvalidScopeError
 from souverix_crdt.scope import (
     MAX_DEPTH,
@@ -347,3 +348,20 @@ def test_tier_round_trips_by_value(tier: Tier) -> None:
 def test_autonomy_values() -> None:
     assert Autonomy("full") is Autonomy.FULL
     assert Autonomy("conditional") is Autonomy.CONDITIONAL
+
+
+def test_parsing_remembers_valid_paths_within_a_bound() -> None:
+    first = Scope.parse("global/region-a/edge-a1")
+    assert Scope.parse("global/region-a/edge-a1") is first
+    with pytest.raises(InvalidScopeError):
+        Scope.parse("global/region-a/")
+    assert "global/region-a/" not in scope_module._PARSED
+
+    class Sneaky(str):
+        __slots__ = ()
+
+    assert Scope.parse(Sneaky("global/region-b")) == Scope.parse("global/region-b")
+    assert all(type(key) is str for key in scope_module._PARSED)
+    for i in range(scope_module._PARSED_LIMIT + 10):
+        Scope.parse(f"global/r{i}")
+    assert len(scope_module._PARSED) <= scope_module._PARSED_LIMIT

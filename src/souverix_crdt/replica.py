@@ -110,6 +110,8 @@ __all__ = [
 DEFAULT_MAX_PENDING: Final = 10_000
 
 _EQUIVOCATION_META: Final = "equivocation:"
+#: Entries kept in each of the replica's interest caches before they start afresh.
+_RELATED_CACHE: Final = 65_536
 #: Meta key prefix of the verdict kept with each checkpoint (``verdict:<scope>|<chain>``).
 _VERDICT_META: Final = "verdict:"
 
@@ -339,6 +341,10 @@ class Replica:
             strategy_for=self._strategy_for, policy=self.policy, history_limit=history_limit
         )
         self._chains: dict[Key, _Chain] = {}
+        # Per interest, the chains it covers in frontier order (cleared when a chain appears),
+        # and which scopes an interest covers: both asked for on every batch a session sends.
+        self._frontier_keys: dict[tuple[Scope, ...] | None, list[tuple[Key, str]]] = {}
+        self._related: dict[tuple[tuple[Scope, ...], Scope], bool] = {}
         self._delegation_pending: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, reason)
         self._quarantine: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, writer)
         self._quarantined_by_writer: dict[str, int] = {}
@@ -521,6 +527,7 @@ class Replica:
         state = self._chains.get(key)
         if state is None:
             state = self._chains[key] = _Chain()
+            self._frontier_keys.clear()
         return state
 
     # ================================================================== reading
@@ -1241,7 +1248,13 @@ class Replica:
 
     def interested(self, interest: Sequence[Scope], scope: Scope) -> bool:
         """True if a replica with ``interest`` receives data of ``scope`` (subtree + ancestors)."""
-        return any(home.is_related_to(scope) for home in interest)
+        key = (interest if type(interest) is tuple else tuple(interest), scope)
+        known = self._related.get(key)
+        if known is None:
+            if len(self._related) >= _RELATED_CACHE:
+                self._related.clear()
+            known = self._related[key] = any(home.is_related_to(scope) for home in interest)
+        return known
 
     def _enqueue(
         self, batch: Batch, key: Key, stored: StoredEnvelope, *, source: str | None
@@ -1282,15 +1295,23 @@ class Replica:
         self, interest: Sequence[Scope] | None = None
     ) -> list[tuple[str, str, int, bytes]]:
         """``(scope, chain, seq, last id)`` of every chain held (within ``interest``)."""
+        wanted = None if interest is None else tuple(interest)
+        keys = self._frontier_keys.get(wanted)
+        if keys is None:
+            if len(self._frontier_keys) >= _RELATED_CACHE:
+                self._frontier_keys.clear()
+            ordered = sorted((str(key[0]), key[1], key) for key in self._chains)
+            keys = self._frontier_keys[wanted] = [
+                (key, path)
+                for path, _, key in ordered
+                if wanted is None or self.interested(wanted, key[0])
+            ]
+        chains = self._chains
         rows = []
-        for (scope, chain), state in sorted(
-            self._chains.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])
-        ):
-            if state.seq == 0:
-                continue
-            if interest is not None and not self.interested(interest, scope):
-                continue
-            rows.append((str(scope), chain, state.seq, state.last_id))
+        for key, path in keys:
+            state = chains[key]
+            if state.seq:
+                rows.append((path, key[1], state.seq, state.last_id))
         return rows
 
     def chain_seq(self, scope: Scope | str, chain: str) -> int:

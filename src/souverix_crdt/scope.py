@@ -110,7 +110,7 @@ def _check_segments(segments: object, path: object) -> None:
         raise InvalidScopeError(f"scope paths start at {ROOT_SEGMENT!r}", path=path, reason="root")
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class Scope:
     """A canonical scope path. Build with :meth:`parse`, :meth:`root` or :meth:`child`.
 
@@ -132,6 +132,9 @@ class Scope:
         """
         if isinstance(path, Scope):
             return path
+        known = _PARSED.get(path) if type(path) is str else None
+        if known is not None:
+            return known
         if not isinstance(path, str):
             raise InvalidScopeError(
                 f"scope path must be str, got {type(path).__name__}", path=path, reason="type"
@@ -142,7 +145,14 @@ class Scope:
         # input (not the split tuple) whichever rule fails; the constructor re-checks cheaply.
         segments = tuple(path.split("/"))
         _check_segments(segments, path)
-        return cls(segments)
+        scope = cls(segments)
+        if type(path) is str:
+            # Scopes are immutable and a fleet has few of them, parsed again on every message:
+            # remember the valid ones (a bounded table, so hostile input cannot grow it).
+            if len(_PARSED) >= _PARSED_LIMIT:
+                _PARSED.clear()
+            _PARSED[path] = scope
+        return scope
 
     @classmethod
     def root(cls) -> Scope:
@@ -201,3 +211,8 @@ class Scope:
 
     def __str__(self) -> str:
         return "/".join(self.segments)
+
+
+#: Canonical paths already parsed, and the bound on how many are remembered.
+_PARSED: dict[str, Scope] = {}
+_PARSED_LIMIT: Final = 16_384
