@@ -85,7 +85,7 @@ from .errors import (
 from .handles import ScopeHandle, Transaction, change_stream
 from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
 from .lww import Strategy
-from .scope import Autonomy, Scope
+from .scope import Scope
 from .store.base import (
     Batch,
     OutboxEntry,
@@ -504,21 +504,13 @@ class Replica:
     def _strategy_for(self, scope: Scope) -> Strategy:
         # The master of record's autonomy decides: a conditional scope lets a higher authority
         # win concurrent writes after reconnecting.
-        for delegation in self.authority.delegations():
-            if delegation.scope == scope and delegation.autonomy is Autonomy.CONDITIONAL:
-                return Strategy.AUTHORITY_PRECEDENCE
+        if self.authority.is_conditional(scope):
+            return Strategy.AUTHORITY_PRECEDENCE
         return Strategy.LAST_WRITER_WINS
 
     def _refresh_strategies(self) -> None:
-        # _strategy_for per scope, with one pass over the delegations instead of one per scope
-        # (a hub holds a scope and a delegation per zone, and this runs on every new one).
-        conditional = {
-            d.scope for d in self.authority.delegations() if d.autonomy is Autonomy.CONDITIONAL
-        }
         for scope, state in self.fleet.scopes.items():
-            strategy = (
-                Strategy.AUTHORITY_PRECEDENCE if scope in conditional else Strategy.LAST_WRITER_WINS
-            )
+            strategy = self._strategy_for(scope)
             if strategy is not state.strategy:
                 state.strategy = strategy
                 self._rebuild_scope(scope)
@@ -1134,7 +1126,13 @@ class Replica:
         """
         batch = Batch()
         new = 0
+        known = self.authority.delegation
         for data in items:
+            # A delegation's name is the SHA-256 of its canonical encoding, and only canonical
+            # bytes decode: one already known is recognised without decoding it again (peers
+            # send writers' chains ahead of every batch).
+            if isinstance(data, bytes) and known(hashlib.sha256(data).digest()) is not None:
+                continue
             try:
                 delegation = Delegation.decode(data)
             except (DecodeError, AuthorityError):

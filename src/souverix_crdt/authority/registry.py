@@ -13,7 +13,7 @@ from souverix_crdt.errors import (
     UntrustedKeyError,
 )
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.scope import Scope
+from souverix_crdt.scope import Autonomy, Scope
 
 from ._wire import (
     MAX_CHAIN_DEPTH,
@@ -57,6 +57,7 @@ class Authority:
 
     __slots__ = (
         "_by_subject",
+        "_conditional",
         "_delegations",
         "_revocations",
         "_revocations_of",
@@ -72,6 +73,7 @@ class Authority:
         self.max_depth = max_depth
         self._delegations: dict[bytes, Delegation] = {}
         self._by_subject: dict[str, list[Delegation]] = {}
+        self._conditional: set[Scope] = set()
         self._revocations: dict[bytes, Revocation] = {}
         self._revocations_of: dict[str, list[Revocation]] = {}
         self._root_revocations: set[bytes] = set()
@@ -100,7 +102,13 @@ class Authority:
         delegation.verify_signatures()
         self._delegations[delegation.digest] = delegation
         self._by_subject.setdefault(delegation.subject.key_id, []).append(delegation)
+        if delegation.autonomy is Autonomy.CONDITIONAL:
+            self._conditional.add(delegation.scope)
         return True
+
+    def is_conditional(self, scope: Scope) -> bool:
+        """True if some known delegation makes ``scope`` conditionally autonomous."""
+        return scope in self._conditional
 
     def delegation(self, digest: bytes) -> Delegation | None:
         """The known delegation with ``digest``, if any."""
