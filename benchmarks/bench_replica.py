@@ -92,6 +92,18 @@ def durable_write(ctx: Context) -> None:
         )
 
 
+def raw_apply(payloads: list[bytes]):
+    """The ingest baseline: a fresh pycrdt ``Doc`` applying the same updates."""
+    doc: pycrdt.Doc = pycrdt.Doc()
+    doc.get("nodes", type=pycrdt.Map)
+
+    def run() -> None:
+        for payload in payloads:
+            doc.apply_update(payload)
+
+    return run
+
+
 def envelopes_from(n: int, per_envelope: int) -> tuple[Replica, list[bytes], list[bytes]]:
     """A writer's envelopes for n keys, and the raw pycrdt updates they carry."""
     writer = make_replica("region-a", MemoryStore())
@@ -126,17 +138,7 @@ def ingest(ctx: Context) -> None:
 
         return run
 
-    def base():
-        doc: pycrdt.Doc = pycrdt.Doc()
-        doc.get("nodes", type=pycrdt.Map)
-
-        def run() -> None:
-            for payload in payloads:
-                doc.apply_update(payload)
-
-        return run
-
-    our_times, base_times = timed_pair(ours, base, ctx.repeats)
+    our_times, base_times = timed_pair(ours, lambda: raw_apply(payloads), ctx.repeats)
     ctx.add(
         rate_figure(
             "ingest_ratio",

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
-import pycrdt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from souverix_crdt.document import ScopeState, WriteOp, WriterDocument, entry_bytes
@@ -32,7 +31,7 @@ from souverix_crdt.store.sqlite import SqliteStore
 from souverix_crdt.testing.fleet import NOW
 
 from .bench_lww import keys_and_values
-from .bench_replica import BATCH, SCOPE, envelopes_from, make_replica, raw_set
+from .bench_replica import BATCH, SCOPE, envelopes_from, make_replica, raw_apply, raw_set
 from .runner import time_once
 
 Setup = Callable[[], Callable[[], object]]
@@ -135,16 +134,6 @@ def ingest_stages(n: int) -> list[tuple[str, Setup]]:
     raw_key = Ed25519PrivateKey.generate()
     signatures = [raw_key.sign(frame) for frame in frames]
 
-    def baseline() -> Callable[[], object]:
-        doc: pycrdt.Doc = pycrdt.Doc()
-        doc.get("nodes", type=pycrdt.Map)
-
-        def run() -> None:
-            for payload in payloads:
-                doc.apply_update(payload)
-
-        return run
-
     def raw_verify() -> Callable[[], object]:
         public = raw_key.public_key()
 
@@ -202,7 +191,7 @@ def ingest_stages(n: int) -> list[tuple[str, Setup]]:
         return setup
 
     return [
-        ("baseline: pycrdt apply_update", baseline),
+        ("baseline: pycrdt apply_update", lambda: raw_apply(payloads)),
         ("raw Ed25519 verify of each envelope", raw_verify),
         ("open_envelope (signature, chain, header)", opening),
         ("WriterDocument.apply (pycrdt apply + map events)", document_apply),
