@@ -53,6 +53,7 @@ __all__ = [
     "AllowAll",
     "Change",
     "FleetState",
+    "MapChanges",
     "ScopeState",
     "WriteOp",
     "WriteResult",
@@ -60,6 +61,7 @@ __all__ = [
     "WriterPolicy",
     "client_id_for",
     "decode_state_vector",
+    "entry_bytes",
 ]
 
 #: ``(collection, {key: pycrdt map event entry})``: what one update changed in one collection.
