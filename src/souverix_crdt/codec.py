@@ -20,7 +20,16 @@ import msgpack
 
 from .errors import DecodeError
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "check_structure", "decode", "encode", "encode_canonical"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "SCALAR_TYPES",
+    "Limits",
+    "check_structure",
+    "decode",
+    "encode",
+    "encode_canonical",
+    "reject_ext",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -48,7 +57,8 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-def _reject_ext(code: int, data: bytes) -> Any:
+def reject_ext(code: int, data: bytes) -> Any:
+    """Refuse every extension type, msgpack's timestamp included (an unpacker's ``ext_hook``)."""
     raise DecodeError(f"extension type {code} is not allowed", reason="ext")
 
 
@@ -69,7 +79,7 @@ def check_structure(obj: Any, max_depth: int) -> None:
     """
     kind = type(obj)
     if kind is not list and kind is not dict:
-        if kind not in _SCALARS:
+        if kind not in SCALAR_TYPES:
             raise DecodeError(f"type {kind.__name__} is not allowed", reason="type")
         return
     stack: list[tuple[Any, int]] = [(obj, 0)]
@@ -93,7 +103,8 @@ def check_structure(obj: Any, max_depth: int) -> None:
                 push((child, depth + 1))
 
 
-_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+#: The only leaf types decoding can produce (extension types are refused by the unpacker).
+SCALAR_TYPES: Final = frozenset({type(None), bool, int, float, str, bytes})
 
 
 def _check_byte_view(view: memoryview) -> None:
@@ -148,7 +159,7 @@ def decode(
             use_list=True,
             strict_map_key=False,  # checked in the walk, so the error names the key type
             object_pairs_hook=_pairs if unique_keys else None,
-            ext_hook=_reject_ext,
+            ext_hook=reject_ext,
             timestamp=0,
             # Every item takes at least one byte (a pair two), so no header may announce more
             # than the input could hold: this caps what msgpack reserves up front.

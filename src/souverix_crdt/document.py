@@ -35,13 +35,11 @@ from .errors import DecodeError, InvalidUpdateError, InvalidValueError
 from .hlc import Timestamp
 from .lww import (
     REGISTER_FORMAT,
-    REGISTER_LIMITS,
     KeyRef,
     Register,
     Strategy,
     VersionRef,
     check_storable,
-    is_plain,
     order_key,
     register_stamp,
 )
@@ -75,7 +73,6 @@ MAX_KEY_LENGTH: Final = 512
 DEFAULT_MAX_PENDING: Final = 100_000
 
 _COLLECTION_SET: Final = frozenset(COLLECTIONS)
-_PLAIN_SIZE: Final = REGISTER_LIMITS.max_size
 
 
 def client_id_for(scope: Scope, writer: str) -> int:
@@ -620,8 +617,7 @@ class ScopeState:
                     raise InvalidValueError(
                         f"value cannot be stored: {exc}", reason="value", key=key
                     ) from exc
-                if len(data) > _PLAIN_SIZE or not is_plain(value):
-                    check_storable(value, data)
+                check_storable(value, data)
                 entries.append((collection, key, data))
                 fresh.append(ref)
                 continue
@@ -760,11 +756,7 @@ class ScopeState:
                 if data is not None and key not in table and ref not in records:
                     # The common case: a key nobody else has a register for. Validate without
                     # building a Register; the index only needs to know who holds the winner.
-                    try:
-                        stamp: tuple[int, int] | None = register_stamp(data)
-                    except DecodeError:
-                        stamp = None
-                    if stamp is not None and (max_hlc is None or stamp <= max_hlc):
+                    if _counts(data, max_hlc):
                         table[key] = writer
                         changed.append(ref)
                         if invalid:

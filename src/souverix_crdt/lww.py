@@ -27,7 +27,7 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from .codec import Limits, check_structure, decode
+from .codec import SCALAR_TYPES, Limits, check_structure, decode, reject_ext
 from .errors import DecodeError, InvalidValueError
 from .hlc import MAX_LOGICAL, MAX_WALL, Timestamp
 
@@ -219,7 +219,6 @@ def _register_fields(
     return deleted, value, wall, logical, version, sup, ctx
 
 
-_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 #: Items in one list or map of a value (msgpack refuses longer headers under REGISTER_LIMITS).
 _MAX_ITEMS: Final = min(REGISTER_LIMITS.max_array_len, REGISTER_LIMITS.max_map_len)
 _MAX_ARRAY: Final = REGISTER_LIMITS.max_array_len
@@ -239,7 +238,7 @@ def _decode_register(data: bytes | bytearray) -> Any:
                 data,
                 raw=False,
                 strict_map_key=False,
-                ext_hook=_refuse_ext,
+                ext_hook=reject_ext,
                 max_str_len=size,
                 max_bin_len=size,
                 max_array_len=size if size < _MAX_ARRAY else _MAX_ARRAY,
@@ -251,10 +250,6 @@ def _decode_register(data: bytes | bytearray) -> Any:
     if fields is _UNDECODED:
         fields = decode(data, REGISTER_LIMITS, unique_keys=False)
     return fields
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise DecodeError(f"extension type {code} is not allowed", reason="ext")
 
 
 def encode_register_fields(
@@ -314,10 +309,10 @@ def is_plain(value: Any) -> bool:
     str keys, no extension types), so neither side has to walk it.
     """
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALAR_TYPES:
         return True
     # Plain loops: faster than set operations over map(type, ...) for the few items of a record.
-    scalars = _SCALARS
+    scalars = SCALAR_TYPES
     plain = (kind is dict or kind is list) and len(value) <= _MAX_ITEMS
     if plain and kind is dict:
         for key, item in value.items():

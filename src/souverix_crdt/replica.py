@@ -116,6 +116,10 @@ _RELATED_CACHE: Final = 65_536
 _VERDICT_META: Final = "verdict:"
 
 
+def _verdict_key(key: tuple[Scope, str]) -> str:
+    return f"{_VERDICT_META}{key[0]}|{key[1]}"
+
+
 @attrs.frozen
 class Identity:
     """Who a replica writes as: its signing key and its delegation chain, root first.
@@ -460,7 +464,7 @@ class Replica:
         ``None`` (judge every entry again) if there is none for this sequence number or it
         does not decode.
         """
-        raw = self.store.meta(f"{_VERDICT_META}{key[0]}|{key[1]}")
+        raw = self.store.meta(_verdict_key(key))
         if raw is None:
             return None
         try:
@@ -475,7 +479,7 @@ class Replica:
         """The meta row keeping a checkpoint's verdict, for the batch that keeps it."""
         invalid = self.fleet.scope(key[0]).document(key[1]).invalid
         entries = sorted([collection, name] for collection, name in invalid)
-        return {f"{_VERDICT_META}{key[0]}|{key[1]}": encode([seq, entries])}
+        return {_verdict_key(key): encode([seq, entries])}
 
     def _stored_proofs(self) -> Iterator[tuple[str, str, int, bytes, bytes]]:
         raw = self.store.meta(_EQUIVOCATION_META + "index")
