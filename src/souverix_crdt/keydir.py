@@ -37,6 +37,7 @@ from .authority import (
     Delegation,
     Revocation,
     SigningKey,
+    check_plane_name,
     cut_key,
     issue_delegation,
     issue_revocation,
@@ -144,6 +145,15 @@ def delegate_plane(
         AuthorityError: the chain would not verify (a scope outside the issuer's, a capability
             it does not hold, a higher tier...): the typed subclass says which.
     """
+    try:
+        check_plane_name(name)
+    except SouverixError as exc:
+        # The name becomes file names in the key directory: refuse "../x" before any is written.
+        raise KeyFileError(
+            f"plane name {name!r} must be lower-case letters, digits and inner hyphens",
+            path=name,
+            reason="name",
+        ) from exc
     if name in keys.planes:
         raise KeyFileError(f"a plane called {name!r} exists already", path=name, reason="exists")
     parent = _plane(keys, issuer)
@@ -161,6 +171,7 @@ def delegate_plane(
         not_before=not_before,
         not_after=not_after,
         parent=parent.delegation,
+        name=name,
     )
     chain = (*parent.chain, delegation)
     verify_chain(keys.anchors, chain, at=Timestamp(max(now_ms, not_before.wall)))

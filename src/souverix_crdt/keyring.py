@@ -222,6 +222,7 @@ def bootstrap_keys(
             not_before=not_before,
             not_after=not_after,
             parent=parent_chain[-1] if parent_chain else None,
+            name=plane.name,
         )
         planes[plane.name] = PlaneCredentials(plane.name, key, (*parent_chain, delegation))
     ordered = {name: planes[name] for name in topology.planes}

@@ -87,6 +87,7 @@ from .capabilities import allowed_collections as allowed_collections
 from .chain import Grant as Grant
 from .chain import verify_chain as verify_chain
 from .delegation import Delegation as Delegation
+from .delegation import check_plane_name as check_plane_name
 from .delegation import issue_delegation as issue_delegation
 from .keys import PublicKey as PublicKey
 from .keys import SigningKey as SigningKey
@@ -125,6 +126,7 @@ __all__ = [
     "allowed_collections",
     "check_fleet_id",
     "check_key_id",
+    "check_plane_name",
     "cut_key",
     "issue_delegation",
     "issue_revocation",

@@ -57,6 +57,7 @@ class Grant:
         leaf_digest: Digest of the leaf delegation (the one envelopes name).
         chain_digests: Digests of the chain's links, root-issued link first, leaf last.
         chain_subjects: Key ids of the links' subjects, in the same order (the writer last).
+        name: The plane name its leaf delegation binds (``""`` if it binds none).
     """
 
     subject: PublicKey
@@ -69,6 +70,15 @@ class Grant:
     leaf_digest: bytes
     chain_digests: tuple[bytes, ...]
     chain_subjects: tuple[str, ...]
+    name: str = ""
+
+    @property
+    def plane(self) -> str:
+        """The writer's plane name: the signed name of its leaf, else its scope's last segment.
+
+        This is the only name a peer is known by: it comes from the verified chain.
+        """
+        return self.name or self.scope.name
 
     @property
     def subject_key_id(self) -> str:
@@ -285,6 +295,7 @@ def _verify_chain(
         leaf_digest=parent.digest,
         chain_digests=tuple(link.digest for link in chain),
         chain_subjects=tuple(link.subject.key_id for link in chain),
+        name=parent.name,
     )
 
 

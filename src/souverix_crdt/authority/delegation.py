@@ -63,6 +63,31 @@ _DELEGATION_KEYS: Final = frozenset(
         "serial",
     }
 )
+# ``name`` is optional: present only when the issuer names the plane, so delegations issued
+# before planes were named keep their exact bytes (and digests).
+_NAMED_DELEGATION_KEYS: Final = _DELEGATION_KEYS | {"name"}
+#: Longest plane name a delegation may bind (a DNS label).
+MAX_PLANE_NAME: Final = 63
+
+
+def check_plane_name(name: object) -> str:
+    """Return ``name`` if it is a valid plane name: a lower-case DNS label, like a scope segment.
+
+    No path separators, no dots, no upper case: a plane name is used in file names, NATS
+    subjects and certificates, and must mean the same thing in each.
+
+    Raises:
+        MalformedEnvelopeError: ``reason="name"`` if it is not.
+    """
+    if (
+        type(name) is not str
+        or not 0 < len(name) <= MAX_PLANE_NAME
+        or not all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in name)
+        or name.startswith("-")
+        or name.endswith("-")
+    ):
+        raise _malformed(f"plane name {name!r} must be a lower-case DNS label", "name")
+    return name
 
 
 def _delegation_body(
@@ -78,9 +103,12 @@ def _delegation_body(
     not_before: Timestamp,
     not_after: Timestamp,
     serial: int,
+    name: str,
 ) -> bytes:
+    named = {"name": name} if name else {}
     return encode_canonical(
         {
+            **named,
             "v": FORMAT_VERSION,
             "fleet": fleet_id,
             "parent": parent,
@@ -123,6 +151,9 @@ class Delegation:
         not_after: End of the validity window (exclusive).
         serial: Issuer-chosen number distinguishing re-issued delegations.
         signatures: ``(public key, signature)`` pairs, sorted by public key.
+        name: The plane the subject key belongs to, as its issuer named it (signed), or
+            ``""`` for an unnamed delegation. A peer's plane name is this, never what the
+            peer says of itself.
     """
 
     fleet_id: str
@@ -137,6 +168,7 @@ class Delegation:
     not_after: Timestamp
     serial: int
     signatures: tuple[tuple[PublicKey, bytes], ...]
+    name: str = ""
     _body: bytes = attrs.field(init=False, repr=False, eq=False, default=b"")
     _encoded: bytes = attrs.field(init=False, repr=False, eq=False, default=b"")
     _digest: bytes = attrs.field(init=False, repr=False, eq=False, default=b"")
@@ -156,6 +188,8 @@ class Delegation:
         if not self.not_before < self.not_after:
             raise _malformed("the validity window is empty", "window")
         _check_int(self.serial, what="serial")
+        if self.name:
+            check_plane_name(self.name)
         _check_signatures(self.signatures, self.issuers)
         body = _delegation_body(
             fleet_id=self.fleet_id,
@@ -169,6 +203,7 @@ class Delegation:
             not_before=self.not_before,
             not_after=self.not_after,
             serial=self.serial,
+            name=self.name,
         )
         encoded = _encode_signed(body, self.signatures)
         if len(encoded) > MAX_DELEGATION_SIZE:
@@ -227,9 +262,9 @@ class Delegation:
         body_bytes, raw_signatures = obj[2], obj[3]
         if type(body_bytes) is not bytes:
             raise _malformed("body must be bytes", "body")
-        body = _check_body_map(
-            _decode_untrusted(body_bytes, limits, MAX_DELEGATION_SIZE), _DELEGATION_KEYS
-        )
+        raw_body = _decode_untrusted(body_bytes, limits, MAX_DELEGATION_SIZE)
+        named = type(raw_body) is dict and "name" in raw_body
+        body = _check_body_map(raw_body, _NAMED_DELEGATION_KEYS if named else _DELEGATION_KEYS)
         issuers = body["issuers"]
         if type(issuers) is not list:
             raise _malformed("issuers must be an array", "issuers")
@@ -258,6 +293,7 @@ class Delegation:
             not_after=_check_timestamp(body["not_after"], what="not_after"),
             serial=_check_int(body["serial"], what="serial"),
             signatures=_decode_signatures(raw_signatures),
+            name=check_plane_name(body["name"]) if named else "",
         )
         # One delegation, one encoding: otherwise a relay could re-spell it under a new digest.
         if delegation.encode() != bytes(data):
@@ -267,6 +303,7 @@ class Delegation:
     def __repr__(self) -> str:
         return (
             f"Delegation(subject={self.subject.key_id!r}, scope={str(self.scope)!r}, "
+            f"name={self.name!r}, "
             f"digest={self.digest.hex()[:16]!r}…)"
         )
 
@@ -284,6 +321,7 @@ def issue_delegation(
     not_after: Timestamp,
     parent: Delegation | bytes | None = None,
     serial: int = 0,
+    name: str = "",
 ) -> Delegation:
     """Sign a delegation. Nothing is checked against a chain here (see :func:`verify_chain`).
 
@@ -299,6 +337,7 @@ def issue_delegation(
         not_after: End of the validity window (exclusive).
         parent: The issuer's own delegation (or its digest); ``None`` when the roots issue it.
         serial: A number distinguishing re-issued delegations.
+        name: The subject's plane name (a lower-case DNS label), signed into the delegation.
 
     Raises:
         QuorumError: if one key is given twice.
@@ -312,6 +351,8 @@ def issue_delegation(
     # Shape errors surface here, before signing, with the constructor's own checks.
     check_fleet_id(fleet_id)
     _check_capabilities(caps)
+    if name:
+        check_plane_name(name)
     body = _delegation_body(
         fleet_id=fleet_id,
         parent=parent_digest,
@@ -324,6 +365,7 @@ def issue_delegation(
         not_before=not_before,
         not_after=not_after,
         serial=serial,
+        name=name,
     )
     return Delegation(
         fleet_id=fleet_id,
@@ -338,4 +380,5 @@ def issue_delegation(
         not_after=not_after,
         serial=serial,
         signatures=_sign_all(keys, DELEGATION_DOMAIN + body),
+        name=name,
     )

@@ -356,6 +356,7 @@ def rotate_key(
         not_after=old.not_after if not_after is None else not_after,
         parent=old.parent,
         serial=old.serial + 1 if serial is None else serial,
+        name=old.name,
     )
     revocation = issue_revocation(
         issuers, fleet_id=old.fleet_id, revoked=old.subject, cut=cut, hlc=hlc, kept=kept
