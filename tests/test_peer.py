@@ -1,4 +1,4 @@
-"""The peer process in-process: hello sniffing, writes from other processes, a TCP pair."""
+"""The peer process in-process: writes from other processes, a TCP pair."""
 
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
 from souverix_crdt.peer import (
-    HELLO_PREFIX,
     PeerConfig,
     PeerLink,
     PeerProcess,
     link_record,
     open_replica,
 )
-from souverix_crdt.sync.messages import Ack, Close, encode_message
-from souverix_crdt.sync.session import SyncSession
 
 TOPOLOGY = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers" / "topology.yaml"
 EDGE = "global/region-a/edge-a1"
@@ -32,22 +29,6 @@ def make_keys(directory: Path) -> Path:
     )
     assert result.exit_code == 0, result.output
     return keys
-
-
-def test_hello_prefix_matches_hellos_and_nothing_else(tmp_path: Path) -> None:
-    keys = make_keys(tmp_path)
-    config = PeerConfig(plane="edge-a1", keys=keys, store=tmp_path / "e.sqlite3")
-    replica = open_replica(config)
-    try:
-        session = SyncSession(replica)
-        session.start()
-        frames = session.data_to_send()
-        assert frames
-        assert frames[0].startswith(HELLO_PREFIX)
-        assert not encode_message(Ack(())).startswith(HELLO_PREFIX)
-        assert not encode_message(Close("done")).startswith(HELLO_PREFIX)
-    finally:
-        replica.close()
 
 
 def test_writes_of_other_processes_are_taken_in_once(tmp_path: Path) -> None:

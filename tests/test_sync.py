@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 from souverix_crdt.codec import encode
 from souverix_crdt.errors import RemoteProtocolError
 from souverix_crdt.scope import Scope
+from souverix_crdt.sync.handshake import sign_proof
 from souverix_crdt.sync.messages import (
+    NONCE_SIZE,
     PROTOCOL_VERSION,
     Envelopes,
+    Frontiers,
     Hello,
+    Proof,
     decode_message,
     encode_message,
 )
@@ -23,6 +27,8 @@ from souverix_crdt.testing.cluster import Cluster
 from souverix_crdt.testing.fleet import make_fleet
 
 FLEET = make_fleet()
+FLEET_ID = FLEET.anchors.fleet_id
+NONCE = b"\x05" * NONCE_SIZE
 NAMES = ("global", "region-a", "region-b", "edge-a1", "edge-a2", "edge-b1", "edge-c")
 TREE = (
     ("global", "region-a"),
@@ -119,24 +125,22 @@ def test_a_zone_never_receives_a_sibling_zones_data() -> None:
 
 
 def test_a_peer_cannot_widen_its_interest_by_asking() -> None:
+    # There is nothing to ask with: interest is the verified grant's. edge-a1, with its own key,
+    # completes a handshake and says it holds nothing; edge-a2's data still never comes.
     cluster = Cluster(FLEET, ["region-a", "edge-a1", "edge-a2"])
     cluster["edge-a2"].scope("global/region-a/edge-a2").nodes.set("secret", 1)
     region = cluster["region-a"]
     cluster.link("region-a", "edge-a2")
     cluster.settle()
     session = SyncSession(region)
-    hello = Hello(
-        fleet_id=FLEET.anchors.fleet_id,
-        replica="edge-a1",
-        key_id=FLEET["edge-a1"].key_id,
-        chain=tuple(d.encode() for d in FLEET["edge-a1"].chain),
-        interest=("global",),  # asks for everything
-        frontiers=(),
-    )
-    session.receive(encode_message(hello))
+    mine = encode_message(Hello(FLEET_ID, tuple(d.encode() for d in FLEET["edge-a1"].chain), NONCE))
+    session.receive(mine)
+    theirs = next(f for f in session.data_to_send() if isinstance(decode_message(f), Hello))
+    session.receive(encode_message(Proof(sign_proof(FLEET["edge-a1"].key, FLEET_ID, mine, theirs))))
+    session.receive(encode_message(Frontiers((), b"")))
     sent = [decode_message(f) for f in session.data_to_send()]
     envelopes = [m for m in sent if isinstance(m, Envelopes)]
-    assert envelopes == []  # edge-a2's data is not for edge-a1, whatever it asks
+    assert envelopes == []  # edge-a2's data is not for edge-a1
 
 
 # --------------------------------------------------------------------------- batching
@@ -211,14 +215,7 @@ def test_peer_of_another_fleet_is_refused() -> None:
     other = make_fleet("souverix-other")
     cluster = Cluster(FLEET, ["global"])
     session = SyncSession(cluster["global"])
-    hello = Hello(
-        fleet_id="souverix-other",
-        replica="intruder",
-        key_id=other["global"].key_id,
-        chain=tuple(d.encode() for d in other["global"].chain),
-        interest=("global",),
-        frontiers=(),
-    )
+    hello = Hello("souverix-other", tuple(d.encode() for d in other["global"].chain), NONCE)
     with pytest.raises(RemoteProtocolError) as info:
         session.receive(encode_message(hello))
     assert info.value.reason == "foreign-fleet"
@@ -229,14 +226,7 @@ def test_self_signed_peer_is_refused() -> None:
     impostor = make_fleet(seed=b"impostor")  # same fleet id, different roots
     cluster = Cluster(FLEET, ["global"])
     session = SyncSession(cluster["global"])
-    hello = Hello(
-        fleet_id=FLEET.anchors.fleet_id,
-        replica="impostor",
-        key_id=impostor["global"].key_id,
-        chain=tuple(d.encode() for d in impostor["global"].chain),
-        interest=("global",),
-        frontiers=(),
-    )
+    hello = Hello(FLEET_ID, tuple(d.encode() for d in impostor["global"].chain), NONCE)
     with pytest.raises(RemoteProtocolError) as info:
         session.receive(encode_message(hello))
     assert info.value.reason == "identity"

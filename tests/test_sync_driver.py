@@ -78,8 +78,15 @@ def peer_opening(replica: Replica) -> list[bytes]:
 class Scripted(Transport):
     """Receives what the test feeds it; records what is sent and signals a watched condition."""
 
-    def __init__(self, watch: Callable[[list[Message]], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        watch: Callable[[list[Message]], bool] = lambda _: False,
+        *,
+        answer: SyncSession | None = None,
+    ) -> None:
         self.peer = "scripted"
+        # A real peer session that answers what is sent (the handshake needs its proof).
+        self.answer = answer
         self.incoming: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
         self.sent: list[Message] = []
         self.send_error: BaseException | None = None
@@ -95,6 +102,9 @@ class Scripted(Transport):
         if self.send_error is not None:
             raise self.send_error
         self.sent.append(decode_message(frame))
+        if self.answer is not None:
+            self.answer.receive(frame)
+            self.feed(*self.answer.data_to_send())
         if self.watch(self.sent):
             self.seen.set()
 
@@ -290,13 +300,17 @@ def test_a_transport_broken_by_an_oversized_frame_stops() -> None:
 def test_live_pushes_wake_the_driver() -> None:
     async def scenario() -> None:
         replica = make_replica("global")
-        transport = Scripted(watch=lambda sent: any(isinstance(m, Envelopes) for m in sent))
+        peer = SyncSession(make_replica("region-a"), live=False)
+        transport = Scripted(
+            watch=lambda sent: any(isinstance(m, Envelopes) for m in sent), answer=peer
+        )
         session = SyncSession(replica)
         previous_calls: list[None] = []
         session.on_output = lambda: previous_calls.append(None)
-        transport.feed(*peer_opening(make_replica("region-a")))
+        peer.start()
+        transport.feed(*peer.data_to_send())
         driving = asyncio.ensure_future(run_session(session, transport, tick_interval=60.0))
-        # Wait until the peer's hello is in: the session is open and idle.
+        # Wait until the handshake is done: the session is open and idle.
         for _ in range(10_000):
             if session.state is SessionState.OPEN and transport.incoming.empty():
                 break

@@ -48,7 +48,6 @@ import json
 import logging
 import random
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -56,8 +55,8 @@ from typing import Any, Final
 import attrs
 import yaml
 
+from .authority import Grant
 from .backoff import Backoff
-from .codec import encode
 from .errors import ConfigError, SouverixError, TransportError
 from .keydir import load_revocations
 from .keyring import FederationKeys, load_keys
@@ -66,7 +65,6 @@ from .scope import Scope
 from .store.base import Batch
 from .store.sqlite import SqliteStore
 from .sync.driver import SessionStats, run_session
-from .sync.messages import PROTOCOL_VERSION, MessageType
 from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
 from .topology import parse_duration
 from .transports.base import Transport
@@ -74,7 +72,6 @@ from .transports.tcp import TcpServer, connect_with_backoff
 
 __all__ = [
     "DEFAULT_RETRY",
-    "HELLO_PREFIX",
     "LINK_META_PREFIX",
     "PeerConfig",
     "PeerLink",
@@ -431,51 +428,32 @@ def link_record(replica: Replica, peer: str) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the process
 
 
-def _hello_prefix() -> bytes:
-    # A frame is the msgpack array [version, type, body]: every hello starts with these bytes.
-    # Sniffing them costs a prefix compare; decoding every frame twice would cost a decode.
-    return encode([PROTOCOL_VERSION, MessageType.HELLO.value, None])[:-1]
-
-
-#: The first bytes of every hello frame.
-HELLO_PREFIX: Final = _hello_prefix()
-
-
 @attrs.define
 class _SessionLog:
-    """What one session last reported, and when each side last said hello."""
+    """What one session last reported."""
 
     expected: str | None
     logged: tuple[int, int] | None = None
     settled: bool = False
-    our_hello: float = 0.0
-    peer_hello: bool = False
 
 
 class _Observed(Transport):
-    """A transport that watches its session's frames for the peer process.
+    """A transport that lets the peer process look at its session whenever it goes quiet.
 
-    ``observe`` runs before each receive, that is whenever the session went quiet; hellos
-    going out and coming in are noted in ``state`` (see :meth:`PeerProcess._observe`).
+    ``observe`` runs before each receive (see :meth:`PeerProcess._observe`).
     """
 
-    def __init__(self, inner: Transport, state: _SessionLog, observe: Callable[[], None]) -> None:
+    def __init__(self, inner: Transport, observe: Callable[[], None]) -> None:
         self.inner = inner
         self.peer = inner.peer
-        self._state = state
         self._observe = observe
 
     async def send(self, frame: bytes) -> None:
-        if frame.startswith(HELLO_PREFIX):
-            self._state.our_hello = time.monotonic()
         await self.inner.send(frame)
 
     async def receive(self) -> bytes:
         self._observe()
-        frame = await self.inner.receive()
-        if frame.startswith(HELLO_PREFIX):
-            self._state.peer_hello = True
-        return frame
+        return await self.inner.receive()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -677,9 +655,21 @@ class PeerProcess:
     async def _session(self, transport: Transport, *, expected: str | None) -> SessionStats:
         replica = self.replica
         assert replica is not None
-        session = SyncSession(replica, batch_size=self.config.batch_size)
+        allowed = {link.name for link in self.config.peers}
+
+        def accept(grant: Grant) -> bool:
+            # Judged on the peer's verified chain during the handshake, before any frontier,
+            # authority item or envelope moves: a dialled link must reach the plane it dialled,
+            # and a served one must be a configured peer.
+            name = grant.plane
+            ok = name in allowed and (expected is None or name == expected)
+            if not ok:
+                self.say(f"refusing a session with {name!r}: not a configured peer here")
+            return ok
+
+        session = SyncSession(replica, batch_size=self.config.batch_size, accept=accept)
         state = _SessionLog(expected)
-        observed = _Observed(transport, state, lambda: self._observe(session, state))
+        observed = _Observed(transport, lambda: self._observe(session, state))
         task = asyncio.ensure_future(
             run_session(session, observed, tick_interval=self.config.tick_s)
         )
@@ -696,19 +686,6 @@ class PeerProcess:
     def _observe(self, session: SyncSession, state: _SessionLog) -> None:
         peer = session.peer_name
         if peer is None or session.state is not SessionState.OPEN:
-            return
-        if state.peer_hello:
-            # The peer said hello while our last hello is older than a tick: it has not heard
-            # ours (it restarted, or over NATS it subscribed after we sent it; core NATS drops
-            # what nobody listens to). A session answers no hello on its own, so answer here,
-            # at most once per tick so that two peers never bounce hellos.
-            state.peer_hello = False
-            if time.monotonic() - state.our_hello > self.config.tick_s:
-                session.tick()
-        allowed = {link.name for link in self.config.peers}
-        if (state.expected is not None and peer != state.expected) or peer not in allowed:
-            self.say(f"refusing a session with {peer!r}: not a configured peer here")
-            session.close(f"{self.config.plane} does not sync with {peer}")
             return
         if not self._settled(session, peer):
             state.settled = False

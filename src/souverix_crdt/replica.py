@@ -355,6 +355,10 @@ class Replica:
         self._peers: dict[str, tuple[Scope, ...]] = {}
         self._unacked: dict[str, dict[Key, deque[tuple[int, bytes]]]] = {}
         self._envelope_listeners: list[Callable[[StoredEnvelope, str | None], None]] = []
+        self._authority_listeners: list[Callable[[], None]] = []
+        self._authority_dirty = False
+        #: Grows each time a delegation, revocation or equivocation proof is learned.
+        self.authority_version = 0
         self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
         self._checkpoints: dict[Key, tuple[int, bytes]] = {}
         self._own_grant: Grant | None = None
@@ -588,6 +592,26 @@ class Replica:
 
         return unsubscribe
 
+    def on_authority(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after new delegations, revocations or proofs are durable.
+
+        Sync sessions use it to push authority at once and to close a session whose peer was
+        just revoked. Returns an unsubscribe function.
+        """
+        self._authority_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._authority_listeners:
+                self._authority_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _authority_changed(self) -> None:
+        self._authority_dirty = False
+        self.authority_version += 1
+        for callback in list(self._authority_listeners):
+            callback()
+
     def changes(self) -> AsyncIterator[Change]:
         """An async iterator of winner changes: ``async for change in replica.changes()``."""
         return change_stream(self)
@@ -693,6 +717,8 @@ class Replica:
         for scope, changed in step.changes:
             self.fleet.notify(self.fleet.scope(scope), changed)
         self._announce(step.accepted)
+        if self._authority_dirty:
+            self._authority_changed()
 
     def _ingest_one(self, data: bytes, step: _Step) -> IngestResult:  # noqa: PLR0911
         # One return per outcome: the function is the decision table of the receive path.
@@ -885,6 +911,7 @@ class Replica:
             return
         state.cut_from = seq
         self._proofs[key] = (seq, first, second)
+        self._authority_dirty = True
         index = sorted([str(k[0]), k[1]] for k in self._proofs)
         batch.meta[_EQUIVOCATION_META + "index"] = encode(index)
         batch.meta[f"{_EQUIVOCATION_META}{key[0]}|{key[1]}"] = encode([seq, first, second])
@@ -918,6 +945,7 @@ class Replica:
         low, high = sorted((first, second))
         self._record_proof(key, a.seq, low, high, batch)
         self.store.commit(batch)
+        self._authority_changed()
         return True
 
     def proofs(self) -> list[tuple[bytes, bytes]]:
@@ -1152,6 +1180,7 @@ class Replica:
             self.store.commit(batch)
             self._refresh_strategies()
             self.retry_pending()
+            self._authority_changed()
         return new
 
     def add_revocations(self, items: Iterable[bytes]) -> int:
@@ -1189,6 +1218,8 @@ class Replica:
                     )
                 ):
                     self._rebuild(key)
+        if new or self._authority_dirty:
+            self._authority_changed()
         return new
 
     def authority_digest(self) -> bytes:

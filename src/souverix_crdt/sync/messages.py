@@ -1,12 +1,16 @@
 """Sync protocol messages: frozen values, and their strict encoding on the wire.
 
 A frame is one msgpack array ``[version, type, body]`` where ``body`` is a map with exactly the
-fields of that message type. Decoding goes through :func:`souverix_crdt.codec.decode` with the
+fields of that message type. A session opens with a mutual handshake — :class:`Hello` (identity
+and a fresh nonce), then :class:`Proof` (a signature over the transcript) — and only then do
+:class:`Frontiers` and everything else flow (see :mod:`souverix_crdt.sync.session`).
+Decoding goes through :func:`souverix_crdt.codec.decode` with the
 protocol's limits, then a strict schema check; anything else is a
 :class:`~souverix_crdt.errors.RemoteProtocolError` naming what was wrong.
 
 Frontiers travel as ``[scope, writer, seq, last envelope id]`` rows: one per (scope, writer)
-chain, so a handshake grows with the number of writers, never with the amount of state.
+chain in the peer's interest, so they grow with the number of writers the peer may see, never
+with the amount of state or the size of the fleet.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ __all__ = [
     "Close",
     "Envelopes",
     "FrontierRow",
+    "Frontiers",
     "Hello",
     "Message",
     "MessageType",
+    "Proof",
     "decode_message",
     "encode_message",
 ]
 
-#: The protocol version this library speaks.
-PROTOCOL_VERSION: Final = 1
+#: The protocol version this library speaks. Version 2 added the authenticated handshake; a
+#: version-1 peer's frames are refused with ``reason="version"`` and the session closes.
+PROTOCOL_VERSION: Final = 2
+#: Bytes of the random nonce each side sends in its hello.
+NONCE_SIZE: Final = 32
+#: Bytes of an Ed25519 signature (a proof).
+SIGNATURE_SIZE: Final = 64
 
 #: Limits for decoding a frame: envelopes are bounded by the batch size and their own limits.
 MESSAGE_LIMITS: Final = Limits(
@@ -55,6 +66,8 @@ class MessageType(enum.Enum):
     """The kinds of message a session exchanges."""
 
     HELLO = "hello"
+    PROOF = "proof"
+    FRONTIERS = "frontiers"
     ENVELOPES = "envelopes"
     ACK = "ack"
     AUTHORITY = "authority"
@@ -74,26 +87,44 @@ class FrontierRow:
 
 @attrs.frozen
 class Hello:
-    """Opens a session: who we are, what we want, and how far we are.
+    """Opens a session: who we claim to be, and a fresh nonce. Nothing else before the proofs.
+
+    The claim is checked, not believed: the peer is whoever the verified ``chain`` names (key,
+    scope, plane name), and only once its :class:`Proof` verifies.
 
     Attributes:
         fleet_id: The fleet; a peer of another fleet is refused.
-        replica: A human-readable replica name (for status and sync debt).
-        key_id: The replica's signing key id.
-        chain: The replica's delegation chain, root first (encoded delegations).
-        interest: Scope paths whose data the replica wants (its subtree roots).
-        frontiers: For every chain in those scopes, how far the replica has it.
-        authority: Digest of the delegations, revocations and proofs the replica knows; a peer
-            whose digest differs sends its authority items, so sessions between replicas that
-            know the same authority exchange none.
+        chain: The sender's delegation chain, root first (encoded delegations).
+        nonce: :data:`NONCE_SIZE` fresh random bytes: the peer's proof must sign them, so a
+            recorded handshake cannot be replayed.
     """
 
     fleet_id: str
-    replica: str
-    key_id: str
     chain: tuple[bytes, ...]
-    interest: tuple[str, ...]
-    frontiers: tuple[FrontierRow, ...]
+    nonce: bytes
+
+
+@attrs.frozen
+class Proof:
+    """Possession of the key the hello's chain names: its signature over the transcript."""
+
+    signature: bytes
+
+
+@attrs.frozen
+class Frontiers:
+    """How far the sender holds every chain in the *peer's* interest.
+
+    Sent once both proofs verified, and again after every tick.
+
+    Attributes:
+        rows: One row per chain the peer may receive (its subtree and its ancestors): never a
+            sibling's writers or sequence numbers.
+        authority: Digest of the delegations, revocations and proofs both sides' interests
+            share; a peer whose digest differs sends its items in that shared interest.
+    """
+
+    rows: tuple[FrontierRow, ...]
     authority: bytes = b""
 
 
@@ -134,7 +165,7 @@ class Close:
     reason: str
 
 
-Message = Hello | Envelopes | Ack | AuthorityItems | Checkpoint | Close
+Message = Hello | Proof | Frontiers | Envelopes | Ack | AuthorityItems | Checkpoint | Close
 
 
 # --------------------------------------------------------------------------- encoding
@@ -149,15 +180,12 @@ def encode_message(message: Message) -> bytes:
     body: dict[str, Any]
     if isinstance(message, Hello):
         kind = MessageType.HELLO
-        body = {
-            "fleet": message.fleet_id,
-            "replica": message.replica,
-            "key": message.key_id,
-            "chain": list(message.chain),
-            "interest": list(message.interest),
-            "frontiers": _rows(message.frontiers),
-            "authority": message.authority,
-        }
+        body = {"fleet": message.fleet_id, "chain": list(message.chain), "nonce": message.nonce}
+    elif isinstance(message, Proof):
+        kind, body = MessageType.PROOF, {"signature": message.signature}
+    elif isinstance(message, Frontiers):
+        kind = MessageType.FRONTIERS
+        body = {"frontiers": _rows(message.rows), "authority": message.authority}
     elif isinstance(message, Envelopes):
         kind, body = MessageType.ENVELOPES, _envelopes_body(message.items)
     elif isinstance(message, Ack):
@@ -256,16 +284,30 @@ def _frontiers(value: object) -> tuple[FrontierRow, ...]:
     return tuple(rows)
 
 
+def _sized(value: object, size: int, what: str) -> bytes:
+    data = _bytes(value, what)
+    if len(data) != size:
+        raise _fail(f"{what} must be {size} bytes", "schema")
+    return data
+
+
+#: Most links a hello's chain may carry (the authority layer's own depth limit is lower).
+MAX_HELLO_CHAIN: Final = 16
+
+
 def _hello(body: Mapping[str, Any]) -> Hello:
+    chain = _list(body["chain"], "chain")
+    if not chain or len(chain) > MAX_HELLO_CHAIN:
+        raise _fail(f"a hello carries 1 to {MAX_HELLO_CHAIN} chain links", "schema")
     return Hello(
         fleet_id=_str(body["fleet"], "fleet"),
-        replica=_str(body["replica"], "replica"),
-        key_id=_str(body["key"], "key"),
-        chain=tuple(_bytes(item, "chain item") for item in _list(body["chain"], "chain")),
-        interest=tuple(_str(item, "interest") for item in _list(body["interest"], "interest")),
-        frontiers=_frontiers(body["frontiers"]),
-        authority=_bytes(body["authority"], "authority"),
+        chain=tuple(_bytes(item, "chain item") for item in chain),
+        nonce=_sized(body["nonce"], NONCE_SIZE, "nonce"),
     )
+
+
+def _frontiers_message(body: Mapping[str, Any]) -> Frontiers:
+    return Frontiers(_frontiers(body["frontiers"]), _bytes(body["authority"], "authority"))
 
 
 def _authority(body: Mapping[str, Any]) -> AuthorityItems:
@@ -282,10 +324,12 @@ def _authority(body: Mapping[str, Any]) -> AuthorityItems:
 
 
 _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], Message]]]] = {
-    MessageType.HELLO.value: (
-        frozenset({"fleet", "replica", "key", "chain", "interest", "frontiers", "authority"}),
-        _hello,
+    MessageType.HELLO.value: (frozenset({"fleet", "chain", "nonce"}), _hello),
+    MessageType.PROOF.value: (
+        frozenset({"signature"}),
+        lambda b: Proof(_sized(b["signature"], SIGNATURE_SIZE, "signature")),
     ),
+    MessageType.FRONTIERS.value: (frozenset({"frontiers", "authority"}), _frontiers_message),
     MessageType.ENVELOPES.value: (frozenset({"items", "z"}), _envelopes),
     MessageType.ACK.value: (frozenset({"frontiers"}), lambda b: Ack(_frontiers(b["frontiers"]))),
     MessageType.AUTHORITY.value: (

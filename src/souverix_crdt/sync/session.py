@@ -2,24 +2,49 @@
 
 Bytes in (:meth:`SyncSession.receive`), bytes out (:meth:`SyncSession.data_to_send`); the
 session never awaits, never opens a socket and never reads a clock. Timers belong to the caller,
-who calls :meth:`SyncSession.tick` when it decides too long has passed.
+who calls :meth:`SyncSession.tick` when it decides too long has passed. Randomness (the
+handshake nonce) is injected.
+
+The handshake comes first (see :mod:`souverix_crdt.sync.handshake`)::
+
+    IDLE --start--> HELLO_SENT --peer hello verifies--> PROVING --peer proof verifies--> OPEN
+         (our hello)            (our proof)                      (our frontiers)
 
 Invariants:
 
-* Every message is idempotent: envelopes are applied at most once (the replica orders and
-  deduplicates them), frontiers only grow, authority items are sets.
+* **Nothing before the proofs.** Until the peer's proof verifies, this side sends only its
+  hello and its proof, and takes in nothing but the peer's hello, proof and close: no frontier,
+  envelope, ack, authority item or checkpoint is sent, and any that arrive are dropped unread
+  (counted in :attr:`SyncSession.dropped`). One early proof and one early frontiers message are
+  held, because a reordering transport may deliver them ahead of the hello they follow.
+* **Identity comes from the chain.** The peer is whoever its verified delegation chain names —
+  key, scope, plane name (:attr:`~souverix_crdt.authority.Grant.plane`) — never a field it
+  declares. A chain that does not verify to the pinned anchors, a revoked key, our own key, or
+  a plane the injected ``accept`` policy refuses closes the session at the hello.
+* **Need to know.** Frontiers, authority items and envelopes flow only for the peer's verified
+  interest: its subtree and its ancestors. Authority items are compared and sent for the
+  interest both sides share, so a zone never learns a sibling's writers, chains or sequence
+  numbers, and what a session carries grows with the peer's interest, not with the fleet.
+* Every message after the handshake is idempotent: envelopes are applied at most once (the
+  replica orders and deduplicates them), frontiers only grow, authority items are sets.
 * What a peer is sent is exactly what it lacks: for every chain of interest, the envelopes after
-  the highest sequence number the peer has told us it holds (its hello, then its acks).
+  the highest sequence number the peer has told us it holds (its frontiers, then its acks).
 * At most one batch of at most ``batch_size`` envelopes is in flight. Its ack carries the peer's
   frontiers; a chain whose acked frontier is behind what was sent lost something on the way
   (dropped, or parked by a gap) and is sent again from the acked point.
-* Loss of a batch or of its ack is repaired by :meth:`tick`, which the caller invokes after a
-  timeout: it resends the hello (so the peer's frontiers refresh) and forgets the batch in flight.
+* Loss is repaired by :meth:`tick`, which the caller invokes after a timeout: before the
+  handshake completes it resends our hello and proof; after, our frontiers (so the peer's
+  answer refreshes ours) and it forgets the batch in flight.
+* A hello repeated by the peer is answered with our proof (and, while we still wait for its
+  proof, our hello): the peer may lack either. A *different* hello from the same key means the
+  peer started over (it restarted): it must prove itself again, and what it had acknowledged on
+  this session is forgotten. Answers to hellos are never hellos that beget hellos, so two
+  sides never bounce them for ever.
 * The delegation chains of the writers in a batch go to the peer ahead of it, unless the peer is
   known to hold them (a relay hears of its zones' keys after its own hello to its parent), so it
   never parks envelopes for want of them.
-* Interest follows the tree, and it is decided by the peer's *verified* delegation, not by what it
-  asks for: a peer receives the chains of its own subtree and of its ancestors, never a sibling's.
+* New authority (a delegation, revocation or proof) is pushed to the peer at once where it
+  concerns both; a revocation that reaches the peer's own chain closes the session.
 
 Transition table (state, message) → handler, in :data:`TRANSITIONS`. Receiving in ``CLOSED``
 is ignored; sending after ``close`` raises :class:`~souverix_crdt.errors.LocalProtocolError`.
@@ -29,8 +54,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Final
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, NoReturn
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
 from souverix_crdt.envelope import chain_writer, read_header
@@ -38,6 +64,7 @@ from souverix_crdt.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    SignatureError,
     SouverixError,
     UnknownDelegationError,
 )
@@ -46,23 +73,35 @@ from souverix_crdt.replica import IngestOutcome, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import StoredEnvelope
 
+from .handshake import sign_proof, verify_proof
 from .messages import (
+    NONCE_SIZE,
     Ack,
     AuthorityItems,
     Checkpoint,
     Close,
     Envelopes,
     FrontierRow,
+    Frontiers,
     Hello,
     Message,
+    Proof,
     decode_message,
     encode_message,
 )
 
-__all__ = ["TRANSITIONS", "SessionState", "SyncSession"]
+__all__ = ["TRANSITIONS", "PeerPolicy", "SessionState", "SyncSession"]
 
 #: Default envelopes per batch.
 DEFAULT_BATCH_SIZE: Final = 100
+
+#: Decides, from the peer's verified grant, whether this side syncs with it at all (the
+#: configured peers of a plane). Called once per handshake, before anything but the hello and
+#: the proof is exchanged.
+PeerPolicy = Callable[[Grant], bool]
+
+# A sequence number past any real one: a chain cut at any point is cut here.
+_BEYOND: Final = 2**62
 
 
 class SessionState(enum.Enum):
@@ -70,45 +109,76 @@ class SessionState(enum.Enum):
 
     IDLE = "idle"  # created, nothing sent
     HELLO_SENT = "hello-sent"  # our hello is out; the peer's has not arrived
-    OPEN = "open"  # both hellos seen: envelopes and acks flow
+    PROVING = "proving"  # the peer's hello verified and our proof is out; awaiting its proof
+    OPEN = "open"  # both proofs verified: frontiers, envelopes and acks flow
     CLOSED = "closed"  # either side closed; nothing more is sent
 
 
-Handler = Callable[["SyncSession", Message], None]
+Handler = Callable[["SyncSession", Message, bytes], None]
 
 
-def _on_hello(session: SyncSession, message: Message) -> None:
+def _on_hello(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, Hello)
-    session.handle_hello(message)
+    session.handle_hello(message, frame)
 
 
-def _on_envelopes(session: SyncSession, message: Message) -> None:
+def _on_proof(session: SyncSession, message: Message, frame: bytes) -> None:
+    assert isinstance(message, Proof)
+    session.handle_proof(message)
+
+
+def _on_frontiers(session: SyncSession, message: Message, frame: bytes) -> None:
+    assert isinstance(message, Frontiers)
+    session.handle_frontiers(message)
+
+
+def _on_envelopes(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, Envelopes)
     session.handle_envelopes(message)
 
 
-def _on_ack(session: SyncSession, message: Message) -> None:
+def _on_ack(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, Ack)
     session.handle_ack(message)
 
 
-def _on_authority(session: SyncSession, message: Message) -> None:
+def _on_authority(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, AuthorityItems)
     session.handle_authority(message)
 
 
-def _on_checkpoint(session: SyncSession, message: Message) -> None:
+def _on_checkpoint(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, Checkpoint)
     session.handle_checkpoint(message)
 
 
-def _on_close(session: SyncSession, message: Message) -> None:
+def _on_close(session: SyncSession, message: Message, frame: bytes) -> None:
     assert isinstance(message, Close)
-    session.state = SessionState.CLOSED
-    session.close_reason = message.reason
+    session.finish(message.reason)
 
 
-_LIVE: Final = (SessionState.IDLE, SessionState.HELLO_SENT, SessionState.OPEN)
+def _hold_frontiers(session: SyncSession, message: Message, frame: bytes) -> None:
+    # The peer's frontiers can overtake its proof on a reordering transport: keep the latest
+    # (one slot, never read before the proof verifies).
+    assert isinstance(message, Frontiers)
+    session.early_frontiers = message
+
+
+def _drop(session: SyncSession, message: Message, frame: bytes) -> None:
+    # Before the peer has proved its key nothing it sends is read: not its envelopes, acks,
+    # authority items or checkpoints. An honest peer's frames may overtake its proof, and are
+    # sent again after the next ack or tick; no error, so reordering cannot close a session.
+    session.dropped += 1
+
+
+_LIVE: Final = (
+    SessionState.IDLE,
+    SessionState.HELLO_SENT,
+    SessionState.PROVING,
+    SessionState.OPEN,
+)
+_HANDSHAKE: Final = (SessionState.IDLE, SessionState.HELLO_SENT, SessionState.PROVING)
+_DATA: Final = (Envelopes, Ack, AuthorityItems, Checkpoint)
 
 # Ingest outcomes that prove the peer holds the envelope's chain up to its sequence number: a
 # replica sends only envelopes it applied, and it applies each chain strictly in order.
@@ -116,73 +186,116 @@ _PEER_HOLDS: Final = frozenset(
     {IngestOutcome.APPLIED, IngestOutcome.DUPLICATE, IngestOutcome.PENDING}
 )
 
-#: The transition table: which handler runs for a message in a state. Envelopes, acks and
-#: authority items are accepted before the peer's hello too, because a transport may reorder.
+#: The transition table: which handler runs for a message in a state. Data messages run only
+#: in ``OPEN``; before it they are dropped unread.
 TRANSITIONS: Final[dict[tuple[SessionState, type], Handler]] = {
     **{(state, Hello): _on_hello for state in _LIVE},
-    **{(state, Envelopes): _on_envelopes for state in _LIVE},
-    **{(state, Ack): _on_ack for state in _LIVE},
-    **{(state, AuthorityItems): _on_authority for state in _LIVE},
-    **{(state, Checkpoint): _on_checkpoint for state in _LIVE},
+    **{(state, Proof): _on_proof for state in _LIVE},
+    **{(state, Frontiers): _hold_frontiers for state in _HANDSHAKE},
+    (SessionState.OPEN, Frontiers): _on_frontiers,
+    **{(state, kind): _drop for state in _HANDSHAKE for kind in _DATA},
+    (SessionState.OPEN, Envelopes): _on_envelopes,
+    (SessionState.OPEN, Ack): _on_ack,
+    (SessionState.OPEN, AuthorityItems): _on_authority,
+    (SessionState.OPEN, Checkpoint): _on_checkpoint,
     **{(state, Close): _on_close for state in _LIVE},
 }
 
 
+def _item_digest(first: bytes, second: bytes) -> bytes:
+    return hashlib.sha256(first + second).digest()
+
+
 class SyncSession:
-    """Delta-state sync with one peer over any transport.
+    """Delta-state sync with one peer over any transport, after a mutual handshake.
 
     Args:
         replica: This side's replica.
         batch_size: Most envelopes in one message.
         live: Push envelopes made or accepted while the session is open.
+        accept: Whether to sync with a peer, judged from its verified grant (default: any
+            member of the fleet whose chain verifies and is not revoked).
+        random_bytes: Source of the handshake nonce (``os.urandom``; injected in tests).
     """
 
     def __init__(
-        self, replica: Replica, *, batch_size: int = DEFAULT_BATCH_SIZE, live: bool = True
+        self,
+        replica: Replica,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        live: bool = True,
+        accept: PeerPolicy | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.replica = replica
         self.batch_size = batch_size
+        self.accept = accept
         self.state = SessionState.IDLE
+        #: The peer's plane name, from its verified chain; set once its proof verifies.
         self.peer_name: str | None = None
+        #: The peer's verified grant, once its hello verified (its proof may still be due).
         self.peer_grant: Grant | None = None
         self.close_reason = ""
         self.errors: list[ProtocolError] = []
         self.envelopes_sent = 0
         self.envelopes_received = 0
+        #: Frames the peer sent before its proof verified, dropped unread.
+        self.dropped = 0
+        #: The peer's latest frontiers received before its proof (read once it verifies).
+        self.early_frontiers: Frontiers | None = None
         self._outgoing: list[bytes] = []
         #: Called (no arguments) after each frame is queued for :meth:`data_to_send`, so an IO
         #: driver can wake up for frames made outside its own calls (live pushes from local
         #: writes). It must not raise; the session never calls anything else outward.
         self.on_output: Callable[[], None] | None = None
+        nonce = random_bytes(NONCE_SIZE)
+        if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+            raise ValueError(f"random_bytes must return {NONCE_SIZE} bytes")
+        self._hello = encode_message(
+            Hello(
+                fleet_id=replica.fleet_id,
+                chain=tuple(d.encode() for d in replica.identity.chain),
+                nonce=nonce,
+            )
+        )
+        self._peer_hello: bytes | None = None
+        self._peer_chain: tuple[bytes, ...] = ()
+        self._proof: bytes | None = None
+        self._peer_proof: bytes | None = None
+        self._early_proof: Proof | None = None
         self._peer_seq: dict[tuple[str, str], int] = {}
         self._sent_upto: dict[tuple[str, str], int] = {}
         self._in_flight = False
         self._heard_since_tick = False
-        # Digests of the delegations the peer is known to hold: all we sent it, all it sent us.
-        self._peer_delegations: set[bytes] = set()
-        self._unsubscribe: Callable[[], None] | None = None
+        # Digests of the authority items (delegations, revocations, proofs) the peer is known
+        # to hold: all we sent it, all it sent us.
+        self._peer_items: set[bytes] = set()
+        self._shared_cache: tuple[int, bytes, list[bytes]] | None = None
+        self._unsubscribe: list[Callable[[], None]] = [
+            replica.on_authority(self._on_authority_change)
+        ]
         if live:
-            self._unsubscribe = replica.on_envelope(self._on_local_envelope)
+            self._unsubscribe.append(replica.on_envelope(self._on_local_envelope))
 
     # ------------------------------------------------------------------ public API
 
     def start(self) -> None:
-        """Queue our hello and authority items (idempotent once started)."""
+        """Queue our hello (idempotent once started)."""
         if self.state is SessionState.CLOSED:
             raise LocalProtocolError("the session is closed", reason="closed")
         if self.state is SessionState.IDLE:
             self.state = SessionState.HELLO_SENT
-            self._send_hello()
+            self._queue(self._hello)
 
     def receive(self, frame: bytes) -> None:
         """Take one frame from the peer; responses are queued for :meth:`data_to_send`.
 
         Raises:
-            RemoteProtocolError: the peer broke the protocol. For an unknown version or a peer
-                that cannot be verified the session closes (a close message is queued); for
-                an unknown or malformed message it stays usable.
+            RemoteProtocolError: the peer broke the protocol. For an unknown version, a peer
+                that cannot be verified or a proof that does not verify the session closes (a
+                close message is queued); for an unknown or malformed message it stays usable.
         """
         if self.state is SessionState.CLOSED:
             return
@@ -201,7 +314,7 @@ class SyncSession:
             error = RemoteProtocolError(f"{type(message).__name__} in {self.state}", reason="state")
             self.errors.append(error)
             raise error
-        handler(self, message)
+        handler(self, message, frame)
 
     def data_to_send(self) -> list[bytes]:
         """Frames to send now, in order; the queue is emptied."""
@@ -209,16 +322,21 @@ class SyncSession:
         return frames
 
     def tick(self) -> None:
-        """Repair loss after a timeout: resend the hello and forget the batch in flight."""
+        """Repair loss after a timeout: resend the handshake, or our frontiers once open."""
         if self.state is SessionState.CLOSED:
             return
         if self.state is SessionState.IDLE:
             self.start()
             return
+        self._heard_since_tick = False
+        if self.state is not SessionState.OPEN:
+            self._queue(self._hello)
+            if self._proof is not None:
+                self._queue(self._proof)
+            return
         self._in_flight = False
         self._sent_upto = dict(self._peer_seq)
-        self._send_hello()
-        self._heard_since_tick = False
+        self._send_frontiers()
         self._fill()
 
     def close(self, reason: str = "done") -> None:
@@ -226,11 +344,22 @@ class SyncSession:
         if self.state is SessionState.CLOSED:
             return
         self._queue(encode_message(Close(reason)))
+        self.finish(reason)
+
+    def finish(self, reason: str) -> None:
+        """Stop without telling the peer (it closed, or the transport is gone); idempotent."""
+        if self.state is SessionState.CLOSED:
+            return
         self.state = SessionState.CLOSED
         self.close_reason = reason
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        unsubscribe, self._unsubscribe = self._unsubscribe, []
+        for stop in unsubscribe:
+            stop()
+
+    @property
+    def authenticated(self) -> bool:
+        """True once the peer's proof verified (and until the session closes)."""
+        return self.state is SessionState.OPEN
 
     @property
     def caught_up(self) -> bool:
@@ -242,45 +371,143 @@ class SyncSession:
         # while a stale or duplicated ack clears the in-flight flag.
         return not self._lacking(acknowledged=True) and not self.replica.awaiting_authority
 
-    # ------------------------------------------------------------------ handlers
+    # ------------------------------------------------------------------ handshake
 
-    def handle_hello(self, hello: Hello) -> None:
-        """Verify the peer, record its frontiers and send what it lacks."""
+    def _refuse(self, error: RemoteProtocolError, cause: BaseException | None = None) -> NoReturn:
+        self.errors.append(error)
+        self.close(f"peer rejected: {error}")
+        raise error from cause
+
+    def _verify_hello(self, hello: Hello) -> Grant:
+        """The grant the hello's chain proves, or a refusal (the session closes)."""
         replica = self.replica
-        try:
-            if hello.fleet_id != replica.fleet_id:
-                raise RemoteProtocolError(
+        if hello.fleet_id != replica.fleet_id:
+            self._refuse(
+                RemoteProtocolError(
                     f"peer belongs to fleet {hello.fleet_id!r}", reason="foreign-fleet"
                 )
+            )
+        try:
             chain = [Delegation.decode(item) for item in hello.chain]
             now = max(replica.clock.last, Timestamp(replica.clock.physical()))
             grant = verify_chain(replica.anchors, chain, at=now)
-            if grant.subject_key_id != hello.key_id:
-                raise RemoteProtocolError("hello key is not the chain's subject", reason="identity")
         except (SouverixError, ValueError) as exc:
-            error = (
-                exc
-                if isinstance(exc, RemoteProtocolError)
-                else RemoteProtocolError(f"peer identity does not verify: {exc}", reason="identity")
+            self._refuse(
+                RemoteProtocolError(f"peer identity does not verify: {exc}", reason="identity"),
+                exc,
             )
-            self.errors.append(error)
-            self.close(f"peer rejected: {error}")
-            raise error from exc
-        replica.add_delegations(hello.chain)
+        if grant.subject_key_id == replica.identity.key_id:
+            self._refuse(RemoteProtocolError("the peer holds our own key", reason="self"))
+        if replica.authority.is_cut(grant, grant.scope, _BEYOND):
+            self._refuse(RemoteProtocolError(f"{grant.plane}'s key is revoked", reason="revoked"))
+        if self.accept is not None and not self.accept(grant):
+            self._refuse(
+                RemoteProtocolError(
+                    f"{grant.plane} is not a peer of {replica.name}", reason="not-a-peer"
+                )
+            )
+        return grant
+
+    def handle_hello(self, hello: Hello, frame: bytes) -> None:
+        """Verify the peer's claimed identity and prove ours over this session's transcript."""
+        if frame == self._peer_hello:
+            # The peer repeats itself: it lacks our proof, or (still waiting) our hello.
+            if self.state is SessionState.PROVING:
+                self._queue(self._hello)
+            if self._proof is not None:
+                self._queue(self._proof)
+            return
+        grant = self._verify_hello(hello)
+        if self.peer_grant is not None:
+            if grant.subject_key_id != self.peer_grant.subject_key_id:
+                error = RemoteProtocolError(
+                    "a second identity said hello on this session", reason="identity"
+                )
+                self.errors.append(error)
+                raise error
+            # The same key with a new nonce: the peer started over (it restarted). It proves
+            # itself again, and what it acknowledged here before is forgotten.
+            self._forget_peer()
+            self._queue(self._hello)
+        self._peer_hello = frame
+        self._peer_chain = hello.chain
         self.peer_grant = grant
-        self.peer_name = hello.replica
-        # From now on this replica keeps an outbox (sync debt) for the peer; what the peer says
-        # it already holds settles it.
-        replica.register_peer(hello.replica, [grant.scope])
-        replica.acknowledge(hello.replica, [(r.scope, r.writer, r.seq) for r in hello.frontiers])
+        self.state = SessionState.PROVING
+        key = self.replica.identity.signing_key
+        self._proof = encode_message(
+            Proof(sign_proof(key, self.replica.fleet_id, self._hello, frame))
+        )
+        self._queue(self._proof)
+        early, self._early_proof = self._early_proof, None
+        if early is not None:
+            self.handle_proof(early)
+
+    def handle_proof(self, proof: Proof) -> None:
+        """Check the peer's proof of key possession; open the session when it holds."""
+        if self._peer_hello is None or self.peer_grant is None:
+            self._early_proof = proof  # ahead of its hello: one slot, judged when it comes
+            return
+        if self.state is SessionState.OPEN and proof.signature == self._peer_proof:
+            return
+        try:
+            verify_proof(
+                self.peer_grant.subject,
+                proof.signature,
+                self.replica.fleet_id,
+                self._peer_hello,
+                self._hello,
+            )
+        except SignatureError as exc:
+            if self.state is SessionState.OPEN:
+                # A stale proof (of an earlier hello the peer has since replaced) changes
+                # nothing on an open session.
+                return
+            self._refuse(
+                RemoteProtocolError("the peer's proof does not verify", reason="proof"), exc
+            )
+        self._peer_proof = proof.signature
+        if self.state is not SessionState.OPEN:
+            self._open()
+
+    def _open(self) -> None:
+        grant = self.peer_grant
+        assert grant is not None
+        replica = self.replica
         self.state = SessionState.OPEN
-        if hello.authority != replica.authority_digest():
-            # The peer knows other delegations, revocations or proofs than we do: send ours
-            # (its hello to us will bring us its own).
+        self.peer_name = grant.plane
+        # Only now is anything the peer sent kept: its chain, then its frontiers.
+        replica.add_delegations(self._peer_chain)
+        replica.register_peer(grant.plane, [grant.scope])
+        self._send_frontiers()
+        early, self.early_frontiers = self.early_frontiers, None
+        if early is not None:
+            self.handle_frontiers(early)
+
+    def _forget_peer(self) -> None:
+        self.state = SessionState.PROVING
+        self.peer_name = None
+        self._peer_proof = None
+        self._peer_seq.clear()
+        self._sent_upto.clear()
+        self._in_flight = False
+        self._peer_items.clear()
+        self.early_frontiers = None
+
+    # ------------------------------------------------------------------ handlers
+
+    def handle_frontiers(self, message: Frontiers) -> None:
+        """Record the peer's frontiers, settle what they cover, and send what it lacks."""
+        replica = self.replica
+        assert self.peer_name is not None
+        replica.acknowledge(self.peer_name, [(r.scope, r.writer, r.seq) for r in message.rows])
+        digest, shared = self._shared_authority()
+        if message.authority != digest:
+            # The peer knows other delegations, revocations or proofs than we do where our
+            # interests meet: send ours (its frontiers to us bring its own).
             self._send_authority(repeat_all=True)
         else:
-            self._peer_delegations.update(d.digest for d in replica.authority.delegations())
-        self._merge_frontiers(hello.frontiers, reset=True)
+            self._peer_items.update(shared)
+        self._merge_frontiers(message.rows, reset=True)
         self._fill()
 
     def handle_envelopes(self, message: Envelopes) -> None:
@@ -308,8 +535,9 @@ class SyncSession:
             r.outcome is IngestOutcome.PENDING and isinstance(r.error, UnknownDelegationError)
             for r in results
         ):
-            # Something waits for a delegation: ask for the peer's authority items again.
-            self._send_hello()
+            # Something waits for a delegation: our frontiers carry our authority digest, and
+            # the peer answers a differing one with its items.
+            self._send_frontiers()
         self._queue(encode_message(Ack(tuple(rows))))
 
     def handle_checkpoint(self, message: Checkpoint) -> None:
@@ -337,9 +565,11 @@ class SyncSession:
         self._fill()
 
     def handle_authority(self, items: AuthorityItems) -> None:
-        """Learn delegations, revocations and equivocation proofs."""
+        """Learn delegations, revocations and equivocation proofs (each verified on arrival)."""
         replica = self.replica
-        self._peer_delegations.update(hashlib.sha256(item).digest() for item in items.delegations)
+        self._peer_items.update(hashlib.sha256(item).digest() for item in items.delegations)
+        self._peer_items.update(hashlib.sha256(item).digest() for item in items.revocations)
+        self._peer_items.update(_item_digest(a, b) for a, b in items.proofs)
         replica.add_delegations(items.delegations)
         replica.add_revocations(items.revocations)
         for first, second in items.proofs:
@@ -355,39 +585,91 @@ class SyncSession:
         if self.on_output is not None:
             self.on_output()
 
-    def _send_hello(self) -> None:
-        replica = self.replica
-        rows = tuple(FrontierRow(s, c, q, last) for s, c, q, last in replica.frontiers())
-        hello = Hello(
-            fleet_id=replica.fleet_id,
-            replica=replica.name,
-            key_id=replica.identity.key_id,
-            chain=tuple(d.encode() for d in replica.identity.chain),
-            interest=(str(replica.identity.scope),),
-            frontiers=rows,
-            authority=replica.authority_digest(),
+    def _send_frontiers(self) -> None:
+        grant = self.peer_grant
+        assert grant is not None
+        rows = tuple(
+            FrontierRow(s, c, q, last) for s, c, q, last in self.replica.frontiers((grant.scope,))
         )
-        self._queue(encode_message(hello))
+        digest, _ = self._shared_authority()
+        self._queue(encode_message(Frontiers(rows, digest)))
+
+    def _shares(self, scope: Scope) -> bool:
+        """True if an item of ``scope`` concerns both sides (related to both home scopes)."""
+        grant = self.peer_grant
+        return (
+            grant is not None
+            and grant.scope.is_related_to(scope)
+            and self.replica.identity.scope.is_related_to(scope)
+        )
+
+    def _shared_items(self) -> tuple[list[bytes], list[bytes], list[tuple[bytes, bytes]]]:
+        """Our delegations, revocations and proofs in the interest both sides share, encoded."""
+        authority = self.replica.authority
+        delegations = [d.encode() for d in authority.delegations() if self._shares(d.scope)]
+        revocations = [
+            r.encode()
+            for r in authority.revocations()
+            if any(self._shares(d.scope) for d in authority.delegations_for(r.revoked))
+        ]
+        proofs = [
+            (first, second)
+            for first, second in self.replica.proofs()
+            if self._shares(Scope.parse(read_header(first).scope))
+        ]
+        return delegations, revocations, proofs
+
+    def _shared_authority(self) -> tuple[bytes, list[bytes]]:
+        """The digest of the shared items (as the peer computes it too) and their digests.
+
+        Both sides know both grants once the handshake is done, so both filter alike: equal
+        shared sets give equal digests, and a zone's digest never depends on its siblings.
+        """
+        version = self.replica.authority_version
+        if self._shared_cache is not None and self._shared_cache[0] == version:
+            return self._shared_cache[1], self._shared_cache[2]
+        delegations, revocations, proofs = self._shared_items()
+        digests = sorted(hashlib.sha256(d).digest() for d in delegations)
+        digests += sorted(hashlib.sha256(r).digest() for r in revocations)
+        digests += sorted(_item_digest(a, b) for a, b in proofs)
+        digest = hashlib.sha256(b"".join(digests)).digest()
+        self._shared_cache = (version, digest, digests)
+        return digest, digests
 
     def _send_authority(self, *, repeat_all: bool = False) -> None:
-        # Delegations the peer sent us or we sent it on this session are not sent again: a
-        # hello repeated after every tick would otherwise carry the whole fleet's each time.
-        # Revocations and proofs are few and always go.
-        replica = self.replica
-        known = self._peer_delegations
-        delegations = [d for d in replica.authority.delegations() if d.digest not in known]
-        if not delegations and repeat_all:
-            # The peer's digest still differs from ours after everything was sent once: a
-            # frame was lost (or a delegation arrived through another path). Send them all.
-            delegations = list(replica.authority.delegations())
-        known.update(d.digest for d in delegations)
+        # Items the peer sent us or we sent it on this session are not sent again: frontiers
+        # repeated after every tick would otherwise carry the whole shared authority each time.
+        known = self._peer_items
+        delegations, revocations, proofs = self._shared_items()
+
+        def fresh(items: Iterable[bytes]) -> tuple[bytes, ...]:
+            return tuple(i for i in items if hashlib.sha256(i).digest() not in known)
+
         items = AuthorityItems(
-            delegations=tuple(d.encode() for d in delegations),
-            revocations=tuple(replica.revocations()),
-            proofs=tuple(replica.proofs()),
+            delegations=fresh(delegations),
+            revocations=fresh(revocations),
+            proofs=tuple(p for p in proofs if _item_digest(*p) not in known),
         )
+        if repeat_all and not (items.delegations or items.revocations or items.proofs):
+            # The peer's digest still differs after everything was sent once: a frame was
+            # lost (or an item reached it another way). Send them all.
+            items = AuthorityItems(tuple(delegations), tuple(revocations), tuple(proofs))
+        known.update(hashlib.sha256(d).digest() for d in items.delegations)
+        known.update(hashlib.sha256(r).digest() for r in items.revocations)
+        known.update(_item_digest(a, b) for a, b in items.proofs)
         if items.delegations or items.revocations or items.proofs:
             self._queue(encode_message(items))
+
+    def _on_authority_change(self) -> None:
+        """New authority reached the replica: a revoked peer goes; the rest travels at once."""
+        grant = self.peer_grant
+        if self.state is SessionState.CLOSED or grant is None:
+            return
+        if self.replica.authority.is_cut(grant, grant.scope, _BEYOND):
+            self.close(f"{grant.plane}'s key is revoked")
+            return
+        if self.state is SessionState.OPEN:
+            self._send_authority()
 
     def _merge_frontiers(self, rows: Sequence[FrontierRow], *, reset: bool) -> None:
         for row in rows:
@@ -457,7 +739,7 @@ class SyncSession:
         the whole batch again once it has asked for authority.
         """
         authority = self.replica.authority
-        known = self._peer_delegations
+        known = self._peer_items
         fresh: dict[bytes, Delegation] = {}
         for chain in chains:
             for leaf in authority.delegations_for(chain_writer(chain)):

@@ -11,6 +11,7 @@ Used by the convergence tests, the parity scenario, the scale benchmark and the 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -77,6 +78,8 @@ class Cluster:
         self.fleet = fleet
         self.seed = seed
         self.network = MemoryNetwork(seed)
+        # Handshake nonces from the seed too, so a run is the same bytes every time.
+        self._nonces = random.Random(seed)  # noqa: S311 - test determinism, not secrets
         self.batch_size = batch_size
         self.now = start
         self._store_factory = store_factory or (lambda _name: MemoryStore())
@@ -131,8 +134,12 @@ class Cluster:
     def link(self, a: str, b: str) -> Link:
         """Connect ``a`` and ``b`` with a new session pair (both sides start)."""
         a_end, b_end = self.network.connect(a, b)
-        a_session = SyncSession(self.replicas[a], batch_size=self.batch_size)
-        b_session = SyncSession(self.replicas[b], batch_size=self.batch_size)
+        a_session = SyncSession(
+            self.replicas[a], batch_size=self.batch_size, random_bytes=self._nonces.randbytes
+        )
+        b_session = SyncSession(
+            self.replicas[b], batch_size=self.batch_size, random_bytes=self._nonces.randbytes
+        )
         a_session.start()
         b_session.start()
         link = Link(a, b, a_session, b_session, a_end, b_end)
