@@ -36,6 +36,7 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
         "catchup_bytes_ratio_k100",
         "catchup_vs_full_state_k100",
         "insync_handshake_bytes",
+        "session_open_per_s",
         "memory_ratio",
         "cold_open_ratio",
         "cold_open_ratio_log",
