@@ -322,3 +322,24 @@ def test_a_peer_that_starts_over_proves_itself_again_and_sync_resumes() -> None:
         for frame in fresh.data_to_send():
             upper.receive(frame)
     assert cluster["region-a"].scope("global").policies["after"] == 1
+
+
+def test_an_expired_key_is_refused_at_the_hello() -> None:
+    fleet = make_fleet()
+    expired = fleet.delegate(
+        "edge-a1",
+        parent="region-a",
+        scope="global/region-a/edge-a1",
+        capabilities=fleet["edge-a1"].delegation.capabilities,
+        tier=fleet["edge-a1"].delegation.tier,
+        autonomy=fleet["edge-a1"].delegation.autonomy,
+        not_after=Timestamp(NOW - 1),  # the cluster's clock reads NOW
+    )
+    cluster = Cluster(fleet, ["region-a"])
+    session = SyncSession(cluster["region-a"])
+    hello = encode_message(Hello(FLEET_ID, tuple(d.encode() for d in expired.chain), b"\x01" * 32))
+    with pytest.raises(RemoteProtocolError) as caught:
+        session.receive(hello)
+    assert caught.value.reason == "identity"
+    assert "expired" in str(caught.value)
+    assert data_messages(sent(session)) == []
