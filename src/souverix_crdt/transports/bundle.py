@@ -77,7 +77,7 @@ from typing import IO, Any, Final, TypeAlias
 import attrs
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
-from souverix_crdt.codec import Limits, decode, encode, encode_canonical
+from souverix_crdt.codec import Limits, decode, decode_fields, encode, encode_canonical
 from souverix_crdt.envelope import read_header
 from souverix_crdt.errors import (
     AuthorityError,
@@ -166,6 +166,8 @@ _MANIFEST_KEYS: Final = frozenset(
         "hlc",
     }
 )
+#: The fields that say who signed a body: read (and checked) before the rest is decoded.
+_SIGNER_KEYS: Final = frozenset({"v", "fleet", "source", "source_key", "source_chain"})
 _RECEIPT_KEYS: Final = frozenset(
     {"v", "fleet", "source", "source_key", "source_chain", "for", "frontiers", "bundle", "created"}
 )
@@ -602,25 +604,31 @@ def _frontier_rows(value: object) -> tuple[tuple[str, str, int], ...]:
 def _open_signed(
     replica: Replica, data: bytes, *, domain: bytes, keys: frozenset[str], max_record: int
 ) -> tuple[dict[str, Any], bytes, Grant]:
-    """Decode and verify a signed body: fleet first, then chain, then signature.
+    """Verify a signed body, then decode it: fleet, chain, signature, signer's name, body.
+
+    Only the fields naming the signer are decoded before the signature is checked (the rest
+    is skipped unbuilt); the body as a whole is decoded and trusted only once it is known to
+    come, unchanged, from the plane it names as its source.
 
     Returns:
         ``(body map, id, the signer's verified grant)``.
     """
     encoded, signature = _split_signed(data)
+    limits = _limits(max_record)
     try:
-        body = decode(encoded, _limits(max_record))
+        signer = decode_fields(encoded, _SIGNER_KEYS, limits)
     except DecodeError as exc:
         raise _fail(f"signed record does not decode: {exc}", "malformed", record=0) from exc
-    if type(body) is not dict or set(body) != keys:
-        raise _fail(f"the body must have exactly the fields {sorted(keys)}", "malformed", record=0)
-    if body["v"] != FORMAT_VERSION or type(body["v"]) is not int:
-        raise _fail(f"format version {body['v']!r} is not supported", "malformed", record=0)
-    fleet = _str(body["fleet"], "fleet")
+    if set(signer) != _SIGNER_KEYS:
+        raise _fail(f"the body must name its signer {sorted(_SIGNER_KEYS)}", "malformed", record=0)
+    if signer["v"] != FORMAT_VERSION or type(signer["v"]) is not int:
+        raise _fail(f"format version {signer['v']!r} is not supported", "malformed", record=0)
+    fleet = _str(signer["fleet"], "fleet")
     if fleet != replica.fleet_id:
         raise _fail(f"written for fleet {fleet!r}, not {replica.fleet_id!r}", "foreign-fleet")
     try:
-        chain = [Delegation.decode(_bytes(item, "chain link")) for item in body["source_chain"]]
+        links = _list(signer["source_chain"], "source chain")
+        chain = [Delegation.decode(_bytes(item, "chain link")) for item in links]
         now = max(replica.clock.last, Timestamp(replica.clock.physical()))
         grant = verify_chain(replica.anchors, chain, at=now)
     except ForeignFleetError as exc:
@@ -629,7 +637,7 @@ def _open_signed(
         raise _fail(
             f"the signer does not chain to the fleet's anchors: {exc}", "untrusted"
         ) from exc
-    key_id = _str(body["source_key"], "source key")
+    key_id = _str(signer["source_key"], "source key")
     if grant.subject_key_id != key_id:
         raise _fail("the signer's key is not its chain's subject", "untrusted")
     if replica.authority.is_revoked(key_id):
@@ -638,6 +646,20 @@ def _open_signed(
         grant.subject.verify(signature, domain + encoded)
     except SouverixError as exc:
         raise _fail("the signature does not verify", "signature", record=0) from exc
+    # A valid signature proves who signed, not who the body says it is from: any fleet key
+    # can sign a body naming another plane. The name must be the signer's own, from its chain.
+    source = _str(signer["source"], "source")
+    if source != grant.plane:
+        raise _fail(
+            f"the body names {source!r} as its source but is signed by {grant.plane!r}",
+            "wrong-source",
+        )
+    try:
+        body = decode(encoded, limits)
+    except DecodeError as exc:
+        raise _fail(f"signed record does not decode: {exc}", "malformed", record=0) from exc
+    if type(body) is not dict or set(body) != keys:
+        raise _fail(f"the body must have exactly the fields {sorted(keys)}", "malformed", record=0)
     return body, hashlib.sha256(encoded).digest(), grant
 
 
@@ -645,7 +667,8 @@ def _identity_fields(replica: Replica) -> dict[str, Any]:
     return {
         "v": FORMAT_VERSION,
         "fleet": replica.fleet_id,
-        "source": replica.name,
+        # The plane name from our own chain: the only one an importer accepts as the source.
+        "source": replica.identity.plane,
         "source_key": replica.identity.key_id,
         "source_chain": [d.encode() for d in replica.identity.chain],
     }
@@ -680,7 +703,7 @@ def _parse_manifest(replica: Replica, data: bytes, max_record: int) -> Manifest:
     return Manifest(
         bundle_id=bundle_id,
         fleet_id=replica.fleet_id,
-        source=_str(body["source"], "source"),
+        source=grant.plane,
         source_key_id=grant.subject_key_id,
         source_scope=grant.scope,
         peer=_str(body["peer"], "peer"),
@@ -886,7 +909,7 @@ def export_bundle(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
-    if peer == replica.name:
+    if peer in (replica.name, replica.identity.plane):
         raise ValueError("a replica does not write bundles for itself")
     target = Path(path)
     scope, have = _resolve_peer(replica, peer, peer_frontiers, peer_scope)
@@ -970,10 +993,9 @@ def _read_manifest(replica: Replica, reader: _Reader, max_record: int) -> tuple[
     if first.kind is not RecordKind.MANIFEST:
         raise _fail("a bundle starts with its manifest", "malformed", record=0)
     manifest = _parse_manifest(replica, first.data, max_record)
-    if manifest.peer != replica.name:
-        raise _fail(
-            f"the bundle is addressed to {manifest.peer!r}, not {replica.name!r}", "wrong-peer"
-        )
+    plane = replica.identity.plane
+    if manifest.peer != plane:
+        raise _fail(f"the bundle is addressed to {manifest.peer!r}, not {plane!r}", "wrong-peer")
     # Identifies the manifest and its table together, for the second pass to compare.
     identity = hashlib.sha256(first.data)
     del first
@@ -1285,7 +1307,7 @@ def export_receipt(
     return BundleReceipt(
         receipt_id=receipt_id,
         fleet_id=replica.fleet_id,
-        source=replica.name,
+        source=replica.identity.plane,
         source_key_id=replica.identity.key_id,
         source_scope=replica.identity.scope,
         for_peer=for_peer,
@@ -1317,15 +1339,16 @@ def read_receipt(
         replica, record.data, domain=RECEIPT_DOMAIN, keys=_RECEIPT_KEYS, max_record=max_record
     )
     for_peer = _str(body["for"], "for")
-    if for_peer != replica.name:
-        raise _fail(f"the receipt is addressed to {for_peer!r}, not {replica.name!r}", "wrong-peer")
+    plane = replica.identity.plane
+    if for_peer != plane:
+        raise _fail(f"the receipt is addressed to {for_peer!r}, not {plane!r}", "wrong-peer")
     last = _bytes(body["bundle"], "bundle")
     if last and len(last) != _DIGEST:
         raise _fail("bundle must be a bundle id", "malformed", record=0)
     return BundleReceipt(
         receipt_id=receipt_id,
         fleet_id=replica.fleet_id,
-        source=_str(body["source"], "source"),
+        source=grant.plane,
         source_key_id=grant.subject_key_id,
         source_scope=grant.scope,
         for_peer=for_peer,
