@@ -339,7 +339,7 @@ class Replica:
         identity: Signing key and delegation chain.
         anchors: The fleet's pinned root keys.
         store: Durable storage (SQLite by default in services, memory in tests).
-        name: A readable name (status, sync debt, logs).
+        name: A readable name (status, sync debt, logs); by default its plane name.
         wall_clock: Physical time in milliseconds; the only time source.
         max_offset: How far ahead of local time a remote timestamp may be, in milliseconds.
         history_limit: Registers kept per key in history.

@@ -31,12 +31,16 @@ decoding (the table of 20,000 envelopes is 660 kB).
 Import is two passes over the file, never holding more than one record, the manifest, its table
 and one batch in memory:
 
-1. **Verify.** The manifest first: fleet id, then the source's chain against the pinned anchors
-   (:func:`~souverix_crdt.authority.verify_chain`), then the signature, then that the bundle is
-   addressed to this replica. Then every record, streamed and hashed, against the manifest: the
-   same kind, the same hash, in the same order, envelopes inside their declared chain ranges;
-   no record missing, none extra, no byte cut off. Any failure raises :class:`BundleError` and
-   nothing has been applied.
+1. **Verify.** The manifest first, and of it at first only the fields that name its signer
+   (the rest of the body is skipped, not decoded): fleet id, then the source's chain against
+   the pinned anchors (:func:`~souverix_crdt.authority.verify_chain`), its key and revocation,
+   then the signature over the whole body, then that the ``source`` the body names is the
+   signer's plane (:attr:`~souverix_crdt.authority.Grant.plane`, from its signed delegation).
+   Only then is the body decoded whole, and checked to be addressed to this replica's plane.
+   Then every record, streamed and hashed, against the manifest: the same kind, the same hash,
+   in the same order, envelopes inside their declared chain ranges; no record missing, none
+   extra, no byte cut off. Any failure raises :class:`BundleError` and nothing has been
+   applied.
 2. **Apply.** The same records again (their hashes checked again, so a file changed between the
    passes cannot slip anything in), through :meth:`~souverix_crdt.replica.Replica.ingest_many`
    in batches of 100 with ``source=<exporter>``. Ingest is idempotent, so importing a bundle
@@ -46,7 +50,21 @@ A failure of the store *during* the second pass (disk full) leaves a consistent 
 batch commits atomically and chains arrive in order, so importing the bundle again completes it.
 
 Receipt files (magic ``b"SVXRCPT"``) hold one RECEIPT record: the importer's signed frontiers,
-addressed to the exporter, with the id of the last bundle it imported from it.
+addressed to the exporter, with the id of the last bundle it imported from it. A receipt is
+verified like a manifest (signer first, its named ``source`` must be the signer's plane, its
+``for`` this replica's plane).
+
+Names and acknowledgements. A plane is known by one name only: the one its verified chain
+gives it (:attr:`~souverix_crdt.authority.Grant.plane`). The exporter writes its own plane as
+``source``; ``peer`` and ``for`` name the addressee's plane. A manifest or receipt whose source
+is not its signer's plane is refused (``wrong-source``) before anything is imported or settled,
+one addressed to another plane is refused (``wrong-peer``), so no fleet key can speak for
+another plane. What a verified file says its signer holds (a receipt's frontiers, a manifest's
+``frontiers``) is acknowledged for the signer's plane only, through
+:meth:`~souverix_crdt.replica.Replica.acknowledge` with the signer registered at its verified
+scope: rows for chains this replica does not hold, outside the signer's interest, or beyond
+what this replica holds are dropped or clamped, never stored. A receipt therefore settles only
+the debt towards its signer, and only for chains that exist in its interest.
 
 A bundle starts from what the peer acknowledged (a receipt, or the frontiers the exporter's store
 recorded from earlier receipts and sessions), not from what earlier bundles carried: bundles can
@@ -235,10 +253,10 @@ class Manifest:
     Attributes:
         bundle_id: SHA-256 of the signed body: the bundle's name.
         fleet_id: The fleet.
-        source: The exporter's replica name.
+        source: The exporter's plane name, verified: its signer's plane.
         source_key_id: The exporter's key id.
         source_scope: The exporter's verified home scope.
-        peer: The replica the bundle is addressed to.
+        peer: The plane the bundle is addressed to.
         peer_scope: The scope whose interest (subtree and ancestors) the bundle serves.
         ranges: What it carries of each chain.
         frontiers: The exporter's own frontiers ``(scope, chain, seq)`` when it wrote the bundle.
@@ -328,7 +346,7 @@ class ImportResult:
 
     Attributes:
         bundle_id: The bundle's id.
-        source: The exporter's name.
+        source: The exporter's verified plane name.
         source_scope: The exporter's verified home scope.
         records: Item records (after the manifest and its table).
         envelopes: Envelope records.
@@ -378,10 +396,11 @@ class BundleReceipt:
     Attributes:
         receipt_id: SHA-256 of the signed body.
         fleet_id: The fleet.
-        source: The importer's replica name (the peer the exporter writes bundles for).
+        source: The importer's plane name, verified: its signer's plane (the peer the
+            exporter writes bundles for, and the only one whose debt the receipt settles).
         source_key_id: The importer's key id.
         source_scope: The importer's verified home scope.
-        for_peer: The exporter the receipt is addressed to.
+        for_peer: The exporter's plane the receipt is addressed to.
         frontiers: ``(scope, chain, seq)`` of every chain the importer holds.
         last_bundle: The id of the last bundle it imported from ``for_peer``, or ``b""``.
         created_ms: The importer's wall clock when it wrote the receipt, in milliseconds.
@@ -887,7 +906,8 @@ def export_bundle(
     Args:
         replica: The exporting replica.
         path: Where to write the bundle.
-        peer: The replica the bundle is for (its name, as it names itself in receipts).
+        peer: The plane the bundle is for: its plane name, as its signed delegation gives it
+            (the importer refuses a bundle addressed to any other).
         peer_frontiers: How far the peer holds each chain: rows ``(scope, chain, seq)``, a
             verified :class:`BundleReceipt` from the peer, or ``None`` for what this replica's
             store recorded from earlier receipts and sessions.
@@ -1323,7 +1343,8 @@ def read_receipt(
     """Verify a receipt addressed to this replica; nothing is changed.
 
     Raises:
-        BundleError: the receipt does not verify, or is addressed to another replica.
+        BundleError: the receipt does not verify, names a source other than its signer's plane
+            (``wrong-source``), or is addressed to another plane (``wrong-peer``).
     """
     with _opened(source) as stream:
         reader = _Reader(stream, max_record)
@@ -1361,17 +1382,21 @@ def read_receipt(
 def import_receipt(
     replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
 ) -> BundleReceipt:
-    """Verify a receipt and settle the sync debt towards its source.
+    """Verify a receipt and settle the sync debt towards its signer, and no one else.
 
-    The source's frontiers are acknowledged (its outbox entries up to them are dropped and the
-    store records them for the next :func:`export_bundle`), and its verified scope is
-    remembered.
+    The signer's frontiers are acknowledged for the signer's verified plane (its outbox entries
+    up to them are dropped and the store records them for the next :func:`export_bundle`), and
+    its verified scope is remembered. Only rows for chains this replica holds, in the signer's
+    interest, count, clamped to what this replica holds
+    (:meth:`~souverix_crdt.replica.Replica.acknowledge`).
 
     Returns:
         The verified receipt (also usable as ``peer_frontiers`` of :func:`export_bundle`).
 
     Raises:
-        BundleError: the receipt does not verify, or is addressed to another replica.
+        BundleError: the receipt does not verify, names a source other than its signer's plane
+            (``wrong-source``), or is addressed to another plane (``wrong-peer``); nothing was
+            settled.
         StoreError: the acknowledgement could not be committed.
     """
     receipt = read_receipt(replica, source, max_record=max_record)
