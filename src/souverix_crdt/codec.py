@@ -26,6 +26,7 @@ __all__ = [
     "Limits",
     "check_structure",
     "decode",
+    "decode_fields",
     "encode",
     "encode_canonical",
     "reject_ext",
@@ -181,6 +182,85 @@ def decode(
         raise DecodeError(f"malformed msgpack: {exc}", reason="malformed") from exc
     check_structure(obj, limits.max_depth)
     return obj
+
+
+def _read_fields(
+    unpacker: msgpack.Unpacker, fields: frozenset[str], max_pairs: int, max_depth: int
+) -> dict[str, Any]:
+    pairs = unpacker.read_map_header()
+    # read_map_header does not apply max_map_len itself.
+    if pairs > max_pairs:
+        raise DecodeError(f"map of {pairs} pairs exceeds the limit", reason="malformed")
+    found: dict[str, Any] = {}
+    seen: set[str] = set()
+    for _ in range(pairs):
+        key = unpacker.unpack()
+        if type(key) is not str:
+            raise DecodeError(f"map keys must be str, got {type(key).__name__}", reason="map-key")
+        if key in seen:
+            raise DecodeError("map has a repeated key", reason="duplicate-key")
+        seen.add(key)
+        if key in fields:
+            value = unpacker.unpack()
+            check_structure(value, max_depth - 1)  # one level below the map
+            found[key] = value
+        else:
+            unpacker.skip()
+    return found
+
+
+def decode_fields(
+    data: bytes | bytearray | memoryview,
+    fields: frozenset[str],
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
+    """Decode only ``fields`` of a top-level msgpack map; every other value is skipped unbuilt.
+
+    For signed bodies: what is needed to check the signature (who signed it) is read first, and
+    the rest of the body is decoded only once the signature holds, so unverified bytes cost no
+    more than one walk over them. The map itself is checked as :func:`decode` would (one map,
+    ``str`` keys, no repeated key, no trailing bytes, the limits); a wanted field that is absent
+    is simply absent from the result.
+
+    Raises:
+        DecodeError: the bytes are not one msgpack map within ``limits``, or a wanted value
+            does not decode.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}", reason="type")
+    if isinstance(data, memoryview):
+        _check_byte_view(data)
+    size = len(data)
+    if size > limits.max_size:
+        raise DecodeError(f"{size} bytes exceeds the {limits.max_size}-byte limit", reason="size")
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+        object_pairs_hook=_pairs,
+        ext_hook=reject_ext,
+        timestamp=0,
+        max_buffer_size=max(size, 1),
+        max_str_len=min(limits.max_str_len, size),
+        max_bin_len=min(limits.max_bin_len, size),
+        max_array_len=min(limits.max_array_len, size),
+        max_map_len=min(limits.max_map_len, size // 2),
+        max_ext_len=0,
+    )
+    try:
+        unpacker.feed(data)
+        found = _read_fields(unpacker, fields, min(limits.max_map_len, size // 2), limits.max_depth)
+    except DecodeError:
+        raise
+    except msgpack.OutOfData as exc:
+        raise DecodeError("truncated msgpack", reason="truncated") from exc
+    except msgpack.StackError as exc:
+        raise DecodeError("nesting too deep", reason="depth") from exc
+    except (ValueError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+        raise DecodeError(f"malformed msgpack: {exc}", reason="malformed") from exc
+    if unpacker.tell() != size:
+        raise DecodeError("trailing bytes after the message", reason="trailing-bytes")
+    return found
 
 
 def encode(obj: Any) -> bytes:

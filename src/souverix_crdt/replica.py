@@ -97,6 +97,7 @@ from .store.base import (
 )
 
 __all__ = [
+    "AckResult",
     "Identity",
     "IngestOutcome",
     "IngestResult",
@@ -149,6 +150,15 @@ class Identity:
         return self.chain[-1]
 
     @property
+    def plane(self) -> str:
+        """The plane name its leaf delegation binds, else its scope's last segment.
+
+        The same as :attr:`~souverix_crdt.authority.Grant.plane` of the verified chain: the
+        name peers know this replica by.
+        """
+        return self.leaf.name or self.leaf.scope.name
+
+    @property
     def scope(self) -> Scope:
         """The subtree this identity is master of record for."""
         return self.leaf.scope
@@ -194,6 +204,25 @@ class IngestResult:
     chain: str = ""
     seq: int = 0
     error: SouverixError | None = None
+
+
+@attrs.frozen
+class AckResult:
+    """What :meth:`Replica.acknowledge` made of one acknowledgement.
+
+    Attributes:
+        accepted: Chains whose frontier was stored for the peer (one row each, however often
+            the acknowledgement names them; clamped ones included).
+        clamped: Accepted chains whose sequence number was beyond what this replica holds,
+            stored as what it holds.
+        refused: Rows dropped: malformed, for a chain this replica does not hold, outside the
+            peer's interest, or from a peer that was never registered. A caller may log or
+            limit a peer whose acknowledgements are mostly refused.
+    """
+
+    accepted: int = 0
+    clamped: int = 0
+    refused: int = 0
 
 
 @attrs.frozen
@@ -310,7 +339,7 @@ class Replica:
         identity: Signing key and delegation chain.
         anchors: The fleet's pinned root keys.
         store: Durable storage (SQLite by default in services, memory in tests).
-        name: A readable name (status, sync debt, logs).
+        name: A readable name (status, sync debt, logs); by default its plane name.
         wall_clock: Physical time in milliseconds; the only time source.
         max_offset: How far ahead of local time a remote timestamp may be, in milliseconds.
         history_limit: Registers kept per key in history.
@@ -335,7 +364,7 @@ class Replica:
         self.anchors = anchors
         self.fleet_id = anchors.fleet_id
         self.store = store
-        self.name = name or identity.scope.name
+        self.name = name or identity.plane
         self.max_pending = max_pending
         self.epoch = secrets.randbits(62) if epoch is None else epoch
         self.chain = chain_id(identity.key_id, self.epoch)
@@ -1305,17 +1334,62 @@ class Replica:
         for peer, key, seq, envelope_id in queued:
             self._unacked.setdefault(peer, {}).setdefault(key, deque()).append((seq, envelope_id))
 
-    def acknowledge(self, peer: str, frontiers: Iterable[tuple[str, str, int]]) -> None:
-        """A peer reports how far it has each chain: settle its outbox and sync debt."""
-        batch = Batch()
-        queues = self._unacked.get(peer, {})
-        acked: list[bytes] = []
+    def acknowledge(self, peer: str, frontiers: Iterable[tuple[str, str, int]]) -> AckResult:
+        """A peer reports how far it has each chain: settle its outbox and sync debt.
+
+        An acknowledgement is the peer's word about itself, so only the part this replica can
+        check is kept: rows for chains it holds, in the interest ``peer`` was registered with
+        (:meth:`register_peer`), with the sequence number clamped to what it holds. Stored
+        peer frontiers only grow and decide where the next bundle for the peer starts, so a
+        row for a chain that does not exist (a flood of them), for a sibling's chain, or
+        beyond what exists would otherwise cost a row each, settle debt the peer never
+        received, or make every later bundle skip that chain. A peer that was never
+        registered gets nothing stored and nothing settled.
+
+        Args:
+            peer: The peer's plane name, as authenticated by the caller (never a name the
+                peer merely declared).
+            frontiers: ``(scope, chain, seq)`` rows.
+
+        Returns:
+            How many rows were accepted, clamped and refused.
+        """
+        interest = self._peers.get(peer)
+        if interest is None:
+            return AckResult(refused=sum(1 for _ in frontiers))
+        chains = self._chains
+        accepted: dict[Key, tuple[str, int]] = {}
+        clamped: set[Key] = set()
+        refused = 0
         for scope_path, chain, seq in frontiers:
             try:
                 key = (Scope.parse(scope_path), chain)
-            except SouverixError:
+            except (SouverixError, TypeError, ValueError):
+                refused += 1
                 continue
-            batch.peer_frontiers.append((peer, scope_path, chain, seq))
+            state = chains.get(key) if type(chain) is str else None
+            if (
+                state is None
+                or not state.seq
+                or type(seq) is not int
+                or seq < 1
+                or not self.interested(interest, key[0])
+            ):
+                refused += 1
+                continue
+            # Never beyond what exists: a frontier only grows, so an inflated one would make
+            # every later bundle for the peer skip what this chain gains until then.
+            stored = min(seq, state.seq)
+            if stored < seq:
+                clamped.add(key)
+            held = accepted.get(key)
+            if held is None or stored > held[1]:
+                accepted[key] = (str(key[0]), stored)
+        batch = Batch()
+        queues = self._unacked.get(peer, {})
+        acked: list[bytes] = []
+        for key, (scope_path, seq) in accepted.items():
+            batch.peer_frontiers.append((peer, scope_path, key[1], seq))
             queue = queues.get(key)
             while queue and queue[0][0] <= seq:
                 acked.append(queue.popleft()[1])
@@ -1323,6 +1397,7 @@ class Replica:
             batch.acked.append((peer, acked))
         if not batch.is_empty():
             self.store.commit(batch)
+        return AckResult(accepted=len(accepted), clamped=len(clamped), refused=refused)
 
     def frontiers(
         self, interest: Sequence[Scope] | None = None

@@ -31,12 +31,16 @@ decoding (the table of 20,000 envelopes is 660 kB).
 Import is two passes over the file, never holding more than one record, the manifest, its table
 and one batch in memory:
 
-1. **Verify.** The manifest first: fleet id, then the source's chain against the pinned anchors
-   (:func:`~souverix_crdt.authority.verify_chain`), then the signature, then that the bundle is
-   addressed to this replica. Then every record, streamed and hashed, against the manifest: the
-   same kind, the same hash, in the same order, envelopes inside their declared chain ranges;
-   no record missing, none extra, no byte cut off. Any failure raises :class:`BundleError` and
-   nothing has been applied.
+1. **Verify.** The manifest first, and of it at first only the fields that name its signer
+   (the rest of the body is skipped, not decoded): fleet id, then the source's chain against
+   the pinned anchors (:func:`~souverix_crdt.authority.verify_chain`), its key and revocation,
+   then the signature over the whole body, then that the ``source`` the body names is the
+   signer's plane (:attr:`~souverix_crdt.authority.Grant.plane`, from its signed delegation).
+   Only then is the body decoded whole, and checked to be addressed to this replica's plane.
+   Then every record, streamed and hashed, against the manifest: the same kind, the same hash,
+   in the same order, envelopes inside their declared chain ranges; no record missing, none
+   extra, no byte cut off. Any failure raises :class:`BundleError` and nothing has been
+   applied.
 2. **Apply.** The same records again (their hashes checked again, so a file changed between the
    passes cannot slip anything in), through :meth:`~souverix_crdt.replica.Replica.ingest_many`
    in batches of 100 with ``source=<exporter>``. Ingest is idempotent, so importing a bundle
@@ -46,7 +50,21 @@ A failure of the store *during* the second pass (disk full) leaves a consistent 
 batch commits atomically and chains arrive in order, so importing the bundle again completes it.
 
 Receipt files (magic ``b"SVXRCPT"``) hold one RECEIPT record: the importer's signed frontiers,
-addressed to the exporter, with the id of the last bundle it imported from it.
+addressed to the exporter, with the id of the last bundle it imported from it. A receipt is
+verified like a manifest (signer first, its named ``source`` must be the signer's plane, its
+``for`` this replica's plane).
+
+Names and acknowledgements. A plane is known by one name only: the one its verified chain
+gives it (:attr:`~souverix_crdt.authority.Grant.plane`). The exporter writes its own plane as
+``source``; ``peer`` and ``for`` name the addressee's plane. A manifest or receipt whose source
+is not its signer's plane is refused (``wrong-source``) before anything is imported or settled,
+one addressed to another plane is refused (``wrong-peer``), so no fleet key can speak for
+another plane. What a verified file says its signer holds (a receipt's frontiers, a manifest's
+``frontiers``) is acknowledged for the signer's plane only, through
+:meth:`~souverix_crdt.replica.Replica.acknowledge` with the signer registered at its verified
+scope: rows for chains this replica does not hold, outside the signer's interest, or beyond
+what this replica holds are dropped or clamped, never stored. A receipt therefore settles only
+the debt towards its signer, and only for chains that exist in its interest.
 
 A bundle starts from what the peer acknowledged (a receipt, or the frontiers the exporter's store
 recorded from earlier receipts and sessions), not from what earlier bundles carried: bundles can
@@ -77,7 +95,7 @@ from typing import IO, Any, Final, TypeAlias
 import attrs
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
-from souverix_crdt.codec import Limits, decode, encode, encode_canonical
+from souverix_crdt.codec import Limits, decode, decode_fields, encode, encode_canonical
 from souverix_crdt.envelope import read_header
 from souverix_crdt.errors import (
     AuthorityError,
@@ -166,6 +184,8 @@ _MANIFEST_KEYS: Final = frozenset(
         "hlc",
     }
 )
+#: The fields that say who signed a body: read (and checked) before the rest is decoded.
+_SIGNER_KEYS: Final = frozenset({"v", "fleet", "source", "source_key", "source_chain"})
 _RECEIPT_KEYS: Final = frozenset(
     {"v", "fleet", "source", "source_key", "source_chain", "for", "frontiers", "bundle", "created"}
 )
@@ -233,10 +253,10 @@ class Manifest:
     Attributes:
         bundle_id: SHA-256 of the signed body: the bundle's name.
         fleet_id: The fleet.
-        source: The exporter's replica name.
+        source: The exporter's plane name, verified: its signer's plane.
         source_key_id: The exporter's key id.
         source_scope: The exporter's verified home scope.
-        peer: The replica the bundle is addressed to.
+        peer: The plane the bundle is addressed to.
         peer_scope: The scope whose interest (subtree and ancestors) the bundle serves.
         ranges: What it carries of each chain.
         frontiers: The exporter's own frontiers ``(scope, chain, seq)`` when it wrote the bundle.
@@ -326,7 +346,7 @@ class ImportResult:
 
     Attributes:
         bundle_id: The bundle's id.
-        source: The exporter's name.
+        source: The exporter's verified plane name.
         source_scope: The exporter's verified home scope.
         records: Item records (after the manifest and its table).
         envelopes: Envelope records.
@@ -376,10 +396,11 @@ class BundleReceipt:
     Attributes:
         receipt_id: SHA-256 of the signed body.
         fleet_id: The fleet.
-        source: The importer's replica name (the peer the exporter writes bundles for).
+        source: The importer's plane name, verified: its signer's plane (the peer the
+            exporter writes bundles for, and the only one whose debt the receipt settles).
         source_key_id: The importer's key id.
         source_scope: The importer's verified home scope.
-        for_peer: The exporter the receipt is addressed to.
+        for_peer: The exporter's plane the receipt is addressed to.
         frontiers: ``(scope, chain, seq)`` of every chain the importer holds.
         last_bundle: The id of the last bundle it imported from ``for_peer``, or ``b""``.
         created_ms: The importer's wall clock when it wrote the receipt, in milliseconds.
@@ -602,25 +623,31 @@ def _frontier_rows(value: object) -> tuple[tuple[str, str, int], ...]:
 def _open_signed(
     replica: Replica, data: bytes, *, domain: bytes, keys: frozenset[str], max_record: int
 ) -> tuple[dict[str, Any], bytes, Grant]:
-    """Decode and verify a signed body: fleet first, then chain, then signature.
+    """Verify a signed body, then decode it: fleet, chain, signature, signer's name, body.
+
+    Only the fields naming the signer are decoded before the signature is checked (the rest
+    is skipped unbuilt); the body as a whole is decoded and trusted only once it is known to
+    come, unchanged, from the plane it names as its source.
 
     Returns:
         ``(body map, id, the signer's verified grant)``.
     """
     encoded, signature = _split_signed(data)
+    limits = _limits(max_record)
     try:
-        body = decode(encoded, _limits(max_record))
+        signer = decode_fields(encoded, _SIGNER_KEYS, limits)
     except DecodeError as exc:
         raise _fail(f"signed record does not decode: {exc}", "malformed", record=0) from exc
-    if type(body) is not dict or set(body) != keys:
-        raise _fail(f"the body must have exactly the fields {sorted(keys)}", "malformed", record=0)
-    if body["v"] != FORMAT_VERSION or type(body["v"]) is not int:
-        raise _fail(f"format version {body['v']!r} is not supported", "malformed", record=0)
-    fleet = _str(body["fleet"], "fleet")
+    if set(signer) != _SIGNER_KEYS:
+        raise _fail(f"the body must name its signer {sorted(_SIGNER_KEYS)}", "malformed", record=0)
+    if signer["v"] != FORMAT_VERSION or type(signer["v"]) is not int:
+        raise _fail(f"format version {signer['v']!r} is not supported", "malformed", record=0)
+    fleet = _str(signer["fleet"], "fleet")
     if fleet != replica.fleet_id:
         raise _fail(f"written for fleet {fleet!r}, not {replica.fleet_id!r}", "foreign-fleet")
     try:
-        chain = [Delegation.decode(_bytes(item, "chain link")) for item in body["source_chain"]]
+        links = _list(signer["source_chain"], "source chain")
+        chain = [Delegation.decode(_bytes(item, "chain link")) for item in links]
         now = max(replica.clock.last, Timestamp(replica.clock.physical()))
         grant = verify_chain(replica.anchors, chain, at=now)
     except ForeignFleetError as exc:
@@ -629,7 +656,7 @@ def _open_signed(
         raise _fail(
             f"the signer does not chain to the fleet's anchors: {exc}", "untrusted"
         ) from exc
-    key_id = _str(body["source_key"], "source key")
+    key_id = _str(signer["source_key"], "source key")
     if grant.subject_key_id != key_id:
         raise _fail("the signer's key is not its chain's subject", "untrusted")
     if replica.authority.is_revoked(key_id):
@@ -638,6 +665,20 @@ def _open_signed(
         grant.subject.verify(signature, domain + encoded)
     except SouverixError as exc:
         raise _fail("the signature does not verify", "signature", record=0) from exc
+    # A valid signature proves who signed, not who the body says it is from: any fleet key
+    # can sign a body naming another plane. The name must be the signer's own, from its chain.
+    source = _str(signer["source"], "source")
+    if source != grant.plane:
+        raise _fail(
+            f"the body names {source!r} as its source but is signed by {grant.plane!r}",
+            "wrong-source",
+        )
+    try:
+        body = decode(encoded, limits)
+    except DecodeError as exc:
+        raise _fail(f"signed record does not decode: {exc}", "malformed", record=0) from exc
+    if type(body) is not dict or set(body) != keys:
+        raise _fail(f"the body must have exactly the fields {sorted(keys)}", "malformed", record=0)
     return body, hashlib.sha256(encoded).digest(), grant
 
 
@@ -645,7 +686,8 @@ def _identity_fields(replica: Replica) -> dict[str, Any]:
     return {
         "v": FORMAT_VERSION,
         "fleet": replica.fleet_id,
-        "source": replica.name,
+        # The plane name from our own chain: the only one an importer accepts as the source.
+        "source": replica.identity.plane,
         "source_key": replica.identity.key_id,
         "source_chain": [d.encode() for d in replica.identity.chain],
     }
@@ -680,7 +722,7 @@ def _parse_manifest(replica: Replica, data: bytes, max_record: int) -> Manifest:
     return Manifest(
         bundle_id=bundle_id,
         fleet_id=replica.fleet_id,
-        source=_str(body["source"], "source"),
+        source=grant.plane,
         source_key_id=grant.subject_key_id,
         source_scope=grant.scope,
         peer=_str(body["peer"], "peer"),
@@ -864,7 +906,8 @@ def export_bundle(
     Args:
         replica: The exporting replica.
         path: Where to write the bundle.
-        peer: The replica the bundle is for (its name, as it names itself in receipts).
+        peer: The plane the bundle is for: its plane name, as its signed delegation gives it
+            (the importer refuses a bundle addressed to any other).
         peer_frontiers: How far the peer holds each chain: rows ``(scope, chain, seq)``, a
             verified :class:`BundleReceipt` from the peer, or ``None`` for what this replica's
             store recorded from earlier receipts and sessions.
@@ -886,7 +929,7 @@ def export_bundle(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
-    if peer == replica.name:
+    if peer in (replica.name, replica.identity.plane):
         raise ValueError("a replica does not write bundles for itself")
     target = Path(path)
     scope, have = _resolve_peer(replica, peer, peer_frontiers, peer_scope)
@@ -970,10 +1013,9 @@ def _read_manifest(replica: Replica, reader: _Reader, max_record: int) -> tuple[
     if first.kind is not RecordKind.MANIFEST:
         raise _fail("a bundle starts with its manifest", "malformed", record=0)
     manifest = _parse_manifest(replica, first.data, max_record)
-    if manifest.peer != replica.name:
-        raise _fail(
-            f"the bundle is addressed to {manifest.peer!r}, not {replica.name!r}", "wrong-peer"
-        )
+    plane = replica.identity.plane
+    if manifest.peer != plane:
+        raise _fail(f"the bundle is addressed to {manifest.peer!r}, not {plane!r}", "wrong-peer")
     # Identifies the manifest and its table together, for the second pass to compare.
     identity = hashlib.sha256(first.data)
     del first
@@ -1285,7 +1327,7 @@ def export_receipt(
     return BundleReceipt(
         receipt_id=receipt_id,
         fleet_id=replica.fleet_id,
-        source=replica.name,
+        source=replica.identity.plane,
         source_key_id=replica.identity.key_id,
         source_scope=replica.identity.scope,
         for_peer=for_peer,
@@ -1301,7 +1343,8 @@ def read_receipt(
     """Verify a receipt addressed to this replica; nothing is changed.
 
     Raises:
-        BundleError: the receipt does not verify, or is addressed to another replica.
+        BundleError: the receipt does not verify, names a source other than its signer's plane
+            (``wrong-source``), or is addressed to another plane (``wrong-peer``).
     """
     with _opened(source) as stream:
         reader = _Reader(stream, max_record)
@@ -1317,15 +1360,16 @@ def read_receipt(
         replica, record.data, domain=RECEIPT_DOMAIN, keys=_RECEIPT_KEYS, max_record=max_record
     )
     for_peer = _str(body["for"], "for")
-    if for_peer != replica.name:
-        raise _fail(f"the receipt is addressed to {for_peer!r}, not {replica.name!r}", "wrong-peer")
+    plane = replica.identity.plane
+    if for_peer != plane:
+        raise _fail(f"the receipt is addressed to {for_peer!r}, not {plane!r}", "wrong-peer")
     last = _bytes(body["bundle"], "bundle")
     if last and len(last) != _DIGEST:
         raise _fail("bundle must be a bundle id", "malformed", record=0)
     return BundleReceipt(
         receipt_id=receipt_id,
         fleet_id=replica.fleet_id,
-        source=_str(body["source"], "source"),
+        source=grant.plane,
         source_key_id=grant.subject_key_id,
         source_scope=grant.scope,
         for_peer=for_peer,
@@ -1338,17 +1382,21 @@ def read_receipt(
 def import_receipt(
     replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
 ) -> BundleReceipt:
-    """Verify a receipt and settle the sync debt towards its source.
+    """Verify a receipt and settle the sync debt towards its signer, and no one else.
 
-    The source's frontiers are acknowledged (its outbox entries up to them are dropped and the
-    store records them for the next :func:`export_bundle`), and its verified scope is
-    remembered.
+    The signer's frontiers are acknowledged for the signer's verified plane (its outbox entries
+    up to them are dropped and the store records them for the next :func:`export_bundle`), and
+    its verified scope is remembered. Only rows for chains this replica holds, in the signer's
+    interest, count, clamped to what this replica holds
+    (:meth:`~souverix_crdt.replica.Replica.acknowledge`).
 
     Returns:
         The verified receipt (also usable as ``peer_frontiers`` of :func:`export_bundle`).
 
     Raises:
-        BundleError: the receipt does not verify, or is addressed to another replica.
+        BundleError: the receipt does not verify, names a source other than its signer's plane
+            (``wrong-source``), or is addressed to another plane (``wrong-peer``); nothing was
+            settled.
         StoreError: the acknowledgement could not be committed.
     """
     receipt = read_receipt(replica, source, max_record=max_record)
