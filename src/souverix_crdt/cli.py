@@ -44,7 +44,6 @@ from . import __version__
 from .authority import Capability, Delegation, Revocation
 from .conflicts import ConflictRecord
 from .document import COLLECTIONS
-from .envelope import chain_writer
 from .errors import AuthorityError, SouverixError
 from .hlc import system_wall_clock
 from .keydir import (
@@ -56,6 +55,7 @@ from .keydir import (
     save_revocation,
 )
 from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys
+from .naming import describe_writer
 from .peer import (
     PeerConfig,
     PeerProcess,
@@ -904,18 +904,19 @@ def bundle_receipt(
 # --------------------------------------------------------------------------- audit, status
 
 
-def _writer_names(federation: FederationKeys) -> dict[str, str]:
-    return {creds.key_id: name for name, creds in federation.planes.items()}
+def _short_chain(chain: str) -> str:
+    """``<first 12 of the key id>~<epoch>``: enough to tell chains apart on a terminal."""
+    key_id, tilde, epoch = chain.partition("~")
+    return f"{key_id[:12]}{tilde}{epoch}"
 
 
-def _audit_line(record: ConflictRecord, names: Mapping[str, str]) -> str:
-    def who(chain: str) -> str:
-        return names.get(chain_writer(chain), chain_writer(chain)[:12])
-
+def _audit_line(record: ConflictRecord) -> str:
     winner, loser = record.winner, record.loser
     return (
-        f"{record.scope} {record.collection}.{record.key}: {who(winner.writer)} "
-        f"(hlc {winner.hlc}, v{winner.version}) won over {who(loser.writer)} "
+        f"{record.scope} {record.collection}.{record.key}: "
+        f"{describe_writer(record.winner_plane, _short_chain(winner.writer))} "
+        f"(hlc {winner.hlc}, v{winner.version}) won over "
+        f"{describe_writer(record.loser_plane, _short_chain(loser.writer))} "
         f"(hlc {loser.hlc}, v{loser.version}); {record.strategy}, {record.reason}"
     )
 
@@ -933,17 +934,16 @@ def audit(
 ) -> None:
     """The conflict log: every settled conflict, identical on converged replicas."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    federation = load_keys(config.keys)
     with _opened(config) as replica:
         records = replica.conflicts()
     if output == "json":
-        names = _writer_names(federation)
+        # The plane names come from the writers' verified delegations (Replica.conflicts).
         _echo_json(
             [
                 {
                     **record.to_json(),
-                    "winner_plane": names.get(chain_writer(record.winner.writer)),
-                    "loser_plane": names.get(chain_writer(record.loser.writer)),
+                    "winner_plane": record.winner_plane or None,
+                    "loser_plane": record.loser_plane or None,
                 }
                 for record in records
             ]
@@ -951,9 +951,8 @@ def audit(
         return
     if not records:
         click.echo(f"no conflicts recorded at {config.plane}")
-    names = _writer_names(federation)
     for record in records:
-        click.echo(_audit_line(record, names))
+        click.echo(_audit_line(record))
 
 
 def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
@@ -961,6 +960,7 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
     # The chain of the replica opened here is this command's own incarnation, not the plane's.
     del document["chain"]
     peers = sorted(set(replica.store.peers()) | {link.name for link in config.peers})
+    document["key_plane"] = document["plane"]
     document["plane"] = config.plane
     document["store"] = str(config.store)
     document["digest"] = replica.digest()
@@ -994,7 +994,9 @@ def status(
     )
     summary.add_column("field")
     summary.add_column("value")
-    for field in ("key_id", "durability", "hlc", "chains", "pending", "digest"):
+    # The key's plane as its verified delegation names it (the config names the same one).
+    summary.add_row("key_id", describe_writer(document["key_plane"], document["key_id"]))
+    for field in ("durability", "hlc", "chains", "pending", "digest"):
         summary.add_row(field, str(document[field]))
     summary.add_row("quarantined", str(sum(document["quarantined"].values())))
     summary.add_row("equivocators", str(len(document["equivocators"])))

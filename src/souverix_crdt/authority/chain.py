@@ -17,6 +17,7 @@ from souverix_crdt.errors import (
     UntrustedKeyError,
 )
 from souverix_crdt.hlc import Timestamp
+from souverix_crdt.naming import describe_writer, plane_name
 from souverix_crdt.scope import Autonomy, Scope, Tier
 
 from ._wire import (
@@ -76,6 +77,16 @@ class Grant:
         return self.subject.key_id
 
     @property
+    def plane(self) -> str:
+        """The plane name the verified chain gives the writer (see ``naming.plane_name``)."""
+        return plane_name(self)
+
+    @property
+    def writer_label(self) -> str:
+        """``"region-a (key <key id>)"``: how messages name the writer."""
+        return describe_writer(self.plane, f"key {self.subject_key_id}")
+
+    @property
     def rank(self) -> int:
         """The tier's rank (higher wins under authority precedence)."""
         return self.tier.rank
@@ -102,10 +113,11 @@ class Grant:
         target = Scope.parse(scope)
         if not self.scope.contains(target):
             raise ScopeViolationError(
-                f"key {self.subject_key_id} holds {self.scope}, not {target}",
+                f"{self.writer_label} holds {self.scope}, not {target}",
                 reason="scope",
                 scope=str(target),
                 writer=self.subject_key_id,
+                plane=self.plane,
             )
 
     def check_capability(self, capability: Capability) -> None:
@@ -116,10 +128,11 @@ class Grant:
         """
         if capability not in self.capabilities:
             raise CapabilityViolationError(
-                f"key {self.subject_key_id} lacks {capability.value}",
+                f"{self.writer_label} lacks {capability.value}",
                 reason=capability.value,
                 scope=str(self.scope),
                 writer=self.subject_key_id,
+                plane=self.plane,
             )
 
     def __repr__(self) -> str:
