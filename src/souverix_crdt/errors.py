@@ -162,6 +162,8 @@ def _close_matches(name: str, known: tuple[str, ...]) -> tuple[str, ...]:
     folded: dict[str, str] = {}
     for candidate in known:
         folded.setdefault(candidate.casefold(), candidate)
+    if name.casefold() in folded:
+        return (folded[name.casefold()],)
     matches = difflib.get_close_matches(name.casefold(), list(folded), n=3, cutoff=0.6)
     return tuple(folded[match] for match in matches)
 
