@@ -7,6 +7,7 @@ as one line on stderr that names what was wrong, with exit status 1 and no trace
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -361,7 +362,122 @@ def test_a_plane_missing_from_the_keys_is_one_line(fleet: Path) -> None:
     config = fleet / "stranger.yaml"
     config.write_text("plane: stranger\nkeys: keys\nstore: s.sqlite3\n")
     line = one_line_error(run("peer", "write", "--config", config, "global", "meta", "k", "v"))
-    assert f"{config}: plane: no plane 'stranger'" in line
+    assert f"{config}: plane: unknown plane 'stranger' in the key directory" in line
+
+
+def test_a_mistyped_plane_suggests_the_close_match(fleet: Path) -> None:
+    config = fleet / "typo.yaml"
+    config.write_text("plane: regiona\nkeys: keys\nstore: s.sqlite3\n")
+    line = one_line_error(run("peer", "write", "--config", config, "global", "meta", "k", "v"))
+    assert f"{config}: plane: unknown plane 'regiona'" in line
+    assert "did you mean 'region-a'?" in line
+
+
+# --------------------------------------------------------------------------- exact messages
+
+
+def test_a_duration_without_a_unit_names_the_field_once_and_suggests_one(fleet: Path) -> None:
+    bad = fleet / "badtick.yaml"
+    bad.write_text("plane: global\nkeys: keys\nstore: s.sqlite3\nsync: {tick: 5}\n")
+    line = one_line_error(run("status", "--config", bad))
+    assert line == (f"Error: {bad}: sync.tick: expected a duration with a unit such as '5s', got 5")
+
+
+def test_yaml_errors_say_line_and_column_without_the_stream_name(fleet: Path) -> None:
+    bad = fleet / "bad.yaml"
+    bad.write_text("plane: [a\n")
+    line = one_line_error(run("status", "--config", bad))
+    assert line == (
+        f"Error: {bad}: not valid YAML: line 2, column 1: expected ',' or ']', but got "
+        "'<stream end>' (while parsing a flow sequence)"
+    )
+    assert "unicode string" not in line
+
+
+def test_a_mistyped_store_option_is_reported_as_store(fleet: Path) -> None:
+    keys, absent = fleet / "keys", fleet / "stores" / "globl.sqlite3"
+    line = one_line_error(run("status", "--keys", keys, "--plane", "global", "--store", absent))
+    assert line == f"Error: --store: {absent} does not exist (has the peer run yet?)"
+
+
+def test_a_mistyped_plane_option_is_reported_as_plane(fleet: Path) -> None:
+    keys, store = fleet / "keys", fleet / "stores" / "global.sqlite3"
+    line = one_line_error(run("status", "--keys", keys, "--plane", "globl", "--store", store))
+    assert line.startswith("Error: --plane: unknown plane 'globl' in the key directory")
+    assert "did you mean 'global'?" in line
+
+
+def test_an_address_in_use_names_the_listen_field(fleet: Path) -> None:
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = fleet / "busy.yaml"
+        config.write_text(
+            f"plane: global\nkeys: keys\nstore: s.sqlite3\nlisten: 127.0.0.1:{port}\n"
+        )
+        result = run("peer", "run", "--config", config)
+    finally:
+        holder.close()
+    # The process logs that it opened its replica, then the error, on its last line.
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: {config}: listen: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another process listens there)"
+    )
+
+
+def test_reading_a_scope_outside_the_planes_interest_says_so(fleet: Path) -> None:
+    ok("peer", "write", "--config", fleet / "edge-a1.yaml", EDGE, "meta", "k", "v")
+    line = one_line_error(get(fleet, "edge-a1", "global/region-b", "meta", "k"))
+    assert line == (
+        "Error: global/region-b is outside what edge-a1 receives (its subtree "
+        "global/region-a/edge-a1 and the scopes above it): read it from a plane above or in "
+        "global/region-b"
+    )
+    # Inside its interest, an unset key is still "not set".
+    line = one_line_error(get(fleet, "edge-a1", "global", "meta", "absent"))
+    assert line == "Error: meta.absent is not set at global in edge-a1"
+
+
+def test_a_bundle_is_only_for_a_plane_this_one_syncs_with(fleet: Path) -> None:
+    ok("keys", "delegate", "--keys", fleet / "keys", "--issuer", "global",
+       "--scope", "global/region-z", "region-z")  # fmt: skip
+    out = fleet / "b.bundle"
+    region = ("--config", fleet / "region-a.yaml")
+    result = run("bundle", "export", *region, "--peer", "region-z", "--out", out)
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for --peer: region-z is not a plane region-a syncs with: bundles go to "
+        "the plane that delegated to it or to the planes it delegated to (global, edge-a1)"
+    ) in result.stderr
+    result = run("bundle", "export", *region, "--peer", "edge-a", "--out", out)
+    assert result.exit_code == 2
+    assert "unknown plane 'edge-a'" in result.stderr
+    assert "did you mean 'edge-a1'?" in result.stderr
+    assert not out.exists()
+
+
+def test_counts_of_one_are_singular(fleet: Path) -> None:
+    ok("peer", "write", "--config", fleet / "region-a.yaml", EDGE, "meta", "k", "v")
+    exported = ok(
+        "bundle", "export", "--config", fleet / "region-a.yaml", "--peer", "edge-a1",
+        "--out", fleet / "one.bundle",
+    )  # fmt: skip
+    assert ": 1 envelope, 0 checkpoints, " in exported.output
+
+
+def test_the_keys_init_table_fits_100_columns(tmp_path: Path) -> None:
+    result = ok("keys", "init", "--out", tmp_path / "keys", "--seed", "narrow")
+    lines = [line for line in result.output.splitlines() if not line.startswith("wrote ")]
+    assert max(len(line.rstrip()) for line in lines) <= 100, result.output
+    header = next(line for line in lines if line.startswith("plane"))
+    assert header.split() == ["plane", "scope", "tier", "autonomy", "key", "id", "capabilities"]
+    # Every capability is shown whole, wrapped between names, never cut inside one.
+    shown = " ".join(lines).replace(",", " ").split()
+    assert {"delegate", "deploy_versions", "modify_policies", "operate_isolated"} <= set(shown)
 
 
 # --------------------------------------------------------------------------- bundles, audit
@@ -375,7 +491,7 @@ def test_air_gapped_round_trip_with_bundles_receipts_and_the_audit_log(fleet: Pa
     region, edge = ("--config", fleet / "region-a.yaml"), ("--config", fleet / "edge-a1.yaml")
 
     exported = ok("bundle", "export", *region, "--peer", "edge-a1", "--out", down)
-    assert "1 envelopes" in exported.output
+    assert "1 envelope," in exported.output
     imported = ok("bundle", "import", *edge, down, "--receipt-out", back)
     assert "1 applied" in imported.output
     assert "wrote the receipt for region-a" in imported.output

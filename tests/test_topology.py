@@ -133,7 +133,7 @@ BAD = {
         _swap("frequency: 15m\n        batch_size", "frequency: 15\n        batch_size"),
         "control_planes.region-a.sync.upstream.frequency",
         "type",
-        "must be a string",
+        "must be a duration with a unit such as '15s' or '15m'",
     ),
     "unknown-field": (
         _swap("air_gapped: true", "air_gaped: true"),

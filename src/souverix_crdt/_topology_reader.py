@@ -175,6 +175,13 @@ class _Reader:
         return float(value)
 
     def duration(self, value: Any, field: str) -> int:
+        if type(value) in (int, float):
+            # YAML reads ``frequency: 15`` as a number: say which unit was probably meant.
+            self.fail(
+                field,
+                f"must be a duration with a unit such as '{value:g}s' or '{value:g}m', got {value}",
+                "type",
+            )
         text = self.string(value, field)
         try:
             return parse_duration(text)

@@ -44,8 +44,7 @@ from . import __version__
 from .authority import Capability, Delegation, Revocation
 from .conflicts import ConflictRecord
 from .document import COLLECTIONS
-from .envelope import chain_writer
-from .errors import AuthorityError, SouverixError
+from .errors import AuthorityError, ConfigError, SouverixError, UnknownPlaneError
 from .hlc import system_wall_clock
 from .keydir import (
     TOPOLOGY_FILE,
@@ -56,6 +55,7 @@ from .keydir import (
     save_revocation,
 )
 from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys
+from .naming import describe_writer
 from .peer import (
     PeerConfig,
     PeerProcess,
@@ -82,8 +82,16 @@ _JSON_INDENT: Final = 2
 # --------------------------------------------------------------------------- plumbing
 
 
+#: The source a config built from ``--keys/--plane/--store`` names in its errors.
+_OPTIONS_SOURCE: Final = "<command line>"
+
+
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
+    if isinstance(exc, ConfigError) and exc.file == _OPTIONS_SOURCE:
+        # The config came from options, not a file: name the option (``--store``), not a
+        # file and a field.
+        text = f"--{exc.field}: {exc.detail}" if exc.field else exc.detail
+    elif isinstance(exc, OSError) and exc.filename is not None:
         text = f"{exc.filename}: {exc.strerror or exc}"
     else:
         text = str(exc) or type(exc).__name__
@@ -100,10 +108,14 @@ class _Group(click.Group):
             raise click.ClickException(_one_line(exc)) from exc
 
 
+#: Columns of tables written off a terminal (pipes, logs, tests): a common editor width.
+_PLAIN_WIDTH: Final = 100
+
+
 def _console(*, stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
-    # Off a terminal (pipes, tests) keep tables wide enough not to wrap, and plain.
-    width = None if stream.isatty() else 160
+    # Off a terminal keep tables plain and within a fixed width; long cells wrap.
+    width = None if stream.isatty() else _PLAIN_WIDTH
     return Console(file=stream, width=width, highlight=False, emoji=False)
 
 
@@ -115,6 +127,11 @@ def _progress(message: str) -> Iterator[None]:
         return
     with _console(stderr=True).status(message):
         yield
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 envelope"``, ``"2 envelopes"``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _echo_json(value: object) -> None:
@@ -157,7 +174,7 @@ def _peer_config(
         return load_peer_config(config_path)
     if keys_dir is None or plane is None or store_path is None:
         raise click.UsageError("give --config FILE, or all of --keys DIR --plane NAME --store FILE")
-    return PeerConfig(plane=plane, keys=keys_dir, store=store_path, source="--plane")
+    return PeerConfig(plane=plane, keys=keys_dir, store=store_path, source=_OPTIONS_SOURCE)
 
 
 @contextlib.contextmanager
@@ -222,9 +239,18 @@ def keys() -> None:
 
 
 def _print_planes(federation: FederationKeys, topology: Topology | None) -> None:
-    table = Table(title=f"fleet {federation.fleet_id}", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("plane", "scope", "tier", "autonomy", "key id", "chain", "capabilities"):
-        table.add_column(column)
+    table = Table(
+        title=f"fleet {federation.fleet_id}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        # Two columns between cells (one of padding, one of separator): the table fits 100.
+        padding=(0, 1, 0, 0),
+    )
+    for column in ("plane", "scope", "tier", "autonomy", "key id"):
+        table.add_column(column, no_wrap=True)
+    # The one long cell wraps between capabilities rather than widening the table.
+    table.add_column("capabilities")
     for name, creds in federation.planes.items():
         leaf = creds.delegation
         table.add_row(
@@ -233,7 +259,6 @@ def _print_planes(federation: FederationKeys, topology: Topology | None) -> None
             leaf.tier.value,
             leaf.autonomy.value,
             creds.key_id[:12],
-            str(len(creds.chain)),
             ", ".join(sorted(c.value for c in leaf.capabilities)),
         )
     _console().print(table)
@@ -299,7 +324,7 @@ def keys_init(
         (out_dir / TOPOLOGY_FILE).write_text(text, "utf-8")
     _print_planes(federation, None)
     where = "not written (kept offline)" if no_root_keys else f"in {out_dir / 'roots'}"
-    click.echo(f"wrote {out_dir}: {len(federation.planes)} planes; root keys {where}")
+    click.echo(f"wrote {out_dir}: {_count(len(federation.planes), 'plane')}; root keys {where}")
 
 
 def _window_end(now_ms: int, days: int) -> Any:
@@ -414,7 +439,9 @@ def _apply(
         with _opened(config, create=True) as replica:
             added = replica.add_delegations(d.encode() for d in delegations)
             added += replica.add_revocations([revocation.encode()])
-        click.echo(f"applied to {config.plane} ({config.store}): {added} new authority items")
+        click.echo(
+            f"applied to {config.plane} ({config.store}): {_count(added, 'new authority item')}"
+        )
 
 
 _cut_options: Final = [
@@ -646,12 +673,20 @@ def peer_get(
 ) -> None:
     """Print the value of KEY in COLLECTION at SCOPE as JSON (exit 1 when it is not set)."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
+    target = Scope.parse(scope)
     missing = object()
     with _opened(config) as replica:
+        home = replica.identity.scope
         read = replica.effective if effective else replica.get
-        found = read(Scope.parse(scope), collection, key, missing)
+        found = read(target, collection, key, missing)
+    if found is missing and not home.is_related_to(target):
+        # Not "not set": this store never receives that scope, whatever is set there.
+        raise click.ClickException(
+            f"{target} is outside what {config.plane} receives (its subtree {home} and the "
+            f"scopes above it): read it from a plane above or in {target}"
+        )
     if found is missing:
-        raise click.ClickException(f"{collection}.{key} is not set at {scope} in {config.plane}")
+        raise click.ClickException(f"{collection}.{key} is not set at {target} in {config.plane}")
     _echo_json(found)
 
 
@@ -780,6 +815,20 @@ def bundle() -> None:
     """The air-gapped procedure: bundles out, receipts back."""
 
 
+def _neighbours(federation: FederationKeys, plane: str) -> list[str]:
+    """The planes ``plane`` syncs with: the one above it and those below, in the delegations."""
+    if plane not in federation.planes:
+        return []
+    own = federation[plane].chain
+    found = []
+    for name, creds in federation.planes.items():
+        above = creds.chain[:-1] == own  # plane delegated to it
+        below = own[:-1] == creds.chain  # it delegated to plane
+        if name != plane and (above or below):
+            found.append(name)
+    return found
+
+
 @bundle.command("export")
 @_replica_options
 @click.option("--peer", "peer_name", required=True, help="The plane the bundle is for.")
@@ -808,7 +857,18 @@ def bundle_export(
     config = _peer_config(config_path, keys_dir, plane, store_path)
     federation = load_keys(config.keys)
     if peer_name not in federation.planes:
-        raise click.BadParameter(f"no plane {peer_name!r} in {config.keys}", param_hint="--peer")
+        raise click.BadParameter(
+            str(UnknownPlaneError(peer_name, federation.planes, where=str(config.keys))),
+            param_hint="--peer",
+        )
+    neighbours = _neighbours(federation, config.plane)
+    if peer_name not in neighbours:
+        raise click.BadParameter(
+            f"{peer_name} is not a plane {config.plane} syncs with: bundles go to the plane "
+            f"that delegated to it or to the planes it delegated to "
+            f"({', '.join(neighbours) or 'none'})",
+            param_hint="--peer",
+        )
     with _opened(config) as replica, _progress(f"exporting a bundle for {peer_name}"):
         receipt = None if from_receipt is None else read_receipt(replica, from_receipt)
         info = export_bundle(
@@ -821,8 +881,9 @@ def bundle_export(
         )
     more = "" if info.complete else " (limit reached: export again after its receipt)"
     click.echo(
-        f"wrote {info.path}: {info.envelopes} envelopes, {info.checkpoints} checkpoints, "
-        f"{info.delegations} delegations, {info.revocations} revocations, {info.size} bytes, "
+        f"wrote {info.path}: {_count(info.envelopes, 'envelope')}, "
+        f"{_count(info.checkpoints, 'checkpoint')}, {_count(info.delegations, 'delegation')}, "
+        f"{_count(info.revocations, 'revocation')}, {_count(info.size, 'byte')}, "
         f"for {peer_name}{more}"
     )
 
@@ -861,9 +922,10 @@ def bundle_import(
                 raise click.UsageError("--receipt-out is for bundles; FILE is a receipt")
             receipt = import_receipt(replica, file)
             click.echo(
-                f"imported the receipt of {receipt.source}: {len(receipt.frontiers)} chains "
-                f"acknowledged; debt to {receipt.source} now "
-                f"{replica.sync_debt(receipt.source).envelopes} envelopes"
+                f"imported the receipt of {receipt.source}: "
+                f"{_count(len(receipt.frontiers), 'chain')} acknowledged; "
+                f"debt to {receipt.source} now "
+                f"{_count(replica.sync_debt(receipt.source).envelopes, 'envelope')}"
             )
             return
         with _progress(f"verifying and importing {file.name}"):
@@ -898,24 +960,25 @@ def bundle_receipt(
     # A new or rebuilt zone's first receipt comes from an empty store: create it.
     with _opened(config, create=True) as replica:
         receipt = export_receipt(replica, out_file, for_peer=for_peer)
-    click.echo(f"wrote {out_file}: {len(receipt.frontiers)} chains, for {for_peer}")
+    click.echo(f"wrote {out_file}: {_count(len(receipt.frontiers), 'chain')}, for {for_peer}")
 
 
 # --------------------------------------------------------------------------- audit, status
 
 
-def _writer_names(federation: FederationKeys) -> dict[str, str]:
-    return {creds.key_id: name for name, creds in federation.planes.items()}
+def _short_chain(chain: str) -> str:
+    """``<first 12 of the key id>~<epoch>``: enough to tell chains apart on a terminal."""
+    key_id, tilde, epoch = chain.partition("~")
+    return f"{key_id[:12]}{tilde}{epoch}"
 
 
-def _audit_line(record: ConflictRecord, names: Mapping[str, str]) -> str:
-    def who(chain: str) -> str:
-        return names.get(chain_writer(chain), chain_writer(chain)[:12])
-
+def _audit_line(record: ConflictRecord) -> str:
     winner, loser = record.winner, record.loser
     return (
-        f"{record.scope} {record.collection}.{record.key}: {who(winner.writer)} "
-        f"(hlc {winner.hlc}, v{winner.version}) won over {who(loser.writer)} "
+        f"{record.scope} {record.collection}.{record.key}: "
+        f"{describe_writer(record.winner_plane, _short_chain(winner.writer))} "
+        f"(hlc {winner.hlc}, v{winner.version}) won over "
+        f"{describe_writer(record.loser_plane, _short_chain(loser.writer))} "
         f"(hlc {loser.hlc}, v{loser.version}); {record.strategy}, {record.reason}"
     )
 
@@ -933,17 +996,16 @@ def audit(
 ) -> None:
     """The conflict log: every settled conflict, identical on converged replicas."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    federation = load_keys(config.keys)
     with _opened(config) as replica:
         records = replica.conflicts()
     if output == "json":
-        names = _writer_names(federation)
+        # The plane names come from the writers' verified delegations (Replica.conflicts).
         _echo_json(
             [
                 {
                     **record.to_json(),
-                    "winner_plane": names.get(chain_writer(record.winner.writer)),
-                    "loser_plane": names.get(chain_writer(record.loser.writer)),
+                    "winner_plane": record.winner_plane or None,
+                    "loser_plane": record.loser_plane or None,
                 }
                 for record in records
             ]
@@ -951,9 +1013,8 @@ def audit(
         return
     if not records:
         click.echo(f"no conflicts recorded at {config.plane}")
-    names = _writer_names(federation)
     for record in records:
-        click.echo(_audit_line(record, names))
+        click.echo(_audit_line(record))
 
 
 def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
@@ -961,6 +1022,7 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
     # The chain of the replica opened here is this command's own incarnation, not the plane's.
     del document["chain"]
     peers = sorted(set(replica.store.peers()) | {link.name for link in config.peers})
+    document["key_plane"] = document["plane"]
     document["plane"] = config.plane
     document["store"] = str(config.store)
     document["digest"] = replica.digest()
@@ -994,7 +1056,9 @@ def status(
     )
     summary.add_column("field")
     summary.add_column("value")
-    for field in ("key_id", "durability", "hlc", "chains", "pending", "digest"):
+    # The key's plane as its verified delegation names it (the config names the same one).
+    summary.add_row("key_id", describe_writer(document["key_plane"], document["key_id"]))
+    for field in ("durability", "hlc", "chains", "pending", "digest"):
         summary.add_row(field, str(document[field]))
     summary.add_row("quarantined", str(sum(document["quarantined"].values())))
     summary.add_row("equivocators", str(len(document["equivocators"])))

@@ -29,6 +29,7 @@ import attrs
 
 from .hlc import Timestamp
 from .lww import KeyRef, RankOf, Register, Strategy, concurrent, order_key
+from .naming import describe_writer
 
 __all__ = ["ConflictLog", "ConflictRecord", "RegisterId", "find_concurrent", "settle"]
 
@@ -63,6 +64,12 @@ class ConflictRecord:
         key: The key inside the collection.
         strategy: The strategy's name, e.g. ``last-writer-wins``.
         reason: Why the winner won: ``authority-rank``, ``later-hlc`` or ``writer-id-tiebreak``.
+        winner_plane: The plane the winner's verified delegation names (``""`` if not known).
+        loser_plane: The same for the loser.
+
+    The plane names are for people: they are filled in by
+    :meth:`~souverix_crdt.replica.Replica.conflicts` from the writers' verified delegations,
+    and take no part in equality or order, so the log is the same set whoever names it.
     """
 
     winner: RegisterId
@@ -72,6 +79,17 @@ class ConflictRecord:
     key: str
     strategy: str
     reason: str
+    winner_plane: str = attrs.field(default="", eq=False, order=False)
+    loser_plane: str = attrs.field(default="", eq=False, order=False)
+
+    def __str__(self) -> str:
+        winner = describe_writer(self.winner_plane, self.winner.writer)
+        loser = describe_writer(self.loser_plane, self.loser.writer)
+        return (
+            f"{self.scope} {self.collection}.{self.key}: {winner} (hlc {self.winner.hlc}, "
+            f"v{self.winner.version}) won over {loser} (hlc {self.loser.hlc}, "
+            f"v{self.loser.version}); {self.strategy}, {self.reason}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form, for the audit CLI and the views."""
@@ -81,8 +99,8 @@ class ConflictRecord:
             "key": self.key,
             "strategy": self.strategy,
             "reason": self.reason,
-            "winner": self.winner.to_json(),
-            "loser": self.loser.to_json(),
+            "winner": {**self.winner.to_json(), "plane": self.winner_plane},
+            "loser": {**self.loser.to_json(), "plane": self.loser_plane},
         }
 
 

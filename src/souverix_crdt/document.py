@@ -31,7 +31,7 @@ import msgpack
 import pycrdt
 
 from .conflicts import ConflictLog, ConflictRecord, find_concurrent, settle
-from .errors import DecodeError, InvalidUpdateError, InvalidValueError
+from .errors import DecodeError, InvalidUpdateError, InvalidValueError, UnknownCollectionError
 from .hlc import Timestamp
 from .lww import (
     REGISTER_FORMAT,
@@ -57,6 +57,7 @@ __all__ = [
     "WriteResult",
     "WriterDocument",
     "WriterPolicy",
+    "check_collection",
     "client_id_for",
     "decode_state_vector",
     "entry_bytes",
@@ -413,13 +414,19 @@ class WriteResult:
     changed: tuple[KeyRef, ...]
 
 
+def check_collection(name: str) -> None:
+    """Raise unless ``name`` is one of :data:`COLLECTIONS`.
+
+    Raises:
+        UnknownCollectionError: it is not (an ``InvalidValueError`` and a ``KeyError``); the
+            closest collection names are suggested.
+    """
+    if name not in _COLLECTION_SET:
+        raise UnknownCollectionError(name, COLLECTIONS)
+
+
 def _check_op(op: WriteOp) -> None:
-    if op.collection not in _COLLECTION_SET:
-        raise InvalidValueError(
-            f"unknown collection {op.collection!r}; expected one of {COLLECTIONS}",
-            reason="collection",
-            key=op.collection,
-        )
+    check_collection(op.collection)
     key = op.key
     if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidValueError(
@@ -1070,7 +1077,11 @@ class FleetState:
         """The value in force at ``scope``: its own if set, else the nearest ancestor's.
 
         A delete removes a scope's own override, so the ancestor's value shows through again.
+
+        Raises:
+            UnknownCollectionError: ``collection`` is not a collection (the closest is suggested).
         """
+        check_collection(collection)
         for level in Scope.parse(scope).lineage():
             state = self.scopes.get(level)
             if state is None:
@@ -1081,7 +1092,12 @@ class FleetState:
         return default
 
     def effective_items(self, scope: Scope | str, collection: str) -> dict[str, Any]:
-        """Every key in force at ``scope`` with its effective value, in key order."""
+        """Every key in force at ``scope`` with its effective value, in key order.
+
+        Raises:
+            UnknownCollectionError: ``collection`` is not a collection (the closest is suggested).
+        """
+        check_collection(collection)
         view: dict[str, Any] = {}
         for level in reversed(list(Scope.parse(scope).lineage())):
             state = self.scopes.get(level)

@@ -13,6 +13,8 @@ The tree, in short::
     │   └── InvalidUpdateError       a pycrdt update that does not decode or apply
     ├── InvalidScopeError            a scope path that is not canonical
     ├── InvalidValueError            a key or value that cannot be stored
+    │   └── UnknownCollectionError   a collection name that does not exist (also a KeyError)
+    ├── UnknownPlaneError            a plane name a key directory does not hold (also a KeyError)
     ├── TopologyError                a federation topology file that does not validate
     ├── KeyFileError                 a federation key directory that cannot be trusted or read
     ├── ConfigError                  a peer process's config file that does not validate
@@ -41,6 +43,8 @@ The tree, in short::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for the annotation: envelope.py imports this module
@@ -85,7 +89,10 @@ __all__ = [
     "TransportBrokenError",
     "TransportClosedError",
     "TransportError",
+    "UnknownCollectionError",
     "UnknownDelegationError",
+    "UnknownNameError",
+    "UnknownPlaneError",
     "UnsupportedVersionError",
     "UntrustedKeyError",
 ]
@@ -148,6 +155,70 @@ class InvalidValueError(SouverixError, ValueError):
     def __init__(self, message: str, *, reason: str = "", key: object = None) -> None:
         super().__init__(message, reason=reason)
         self.key = key
+
+
+def _close_matches(name: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    # Compared without case: "EU" is a likelier slip for "eu" than for anything else.
+    folded: dict[str, str] = {}
+    for candidate in known:
+        folded.setdefault(candidate.casefold(), candidate)
+    if name.casefold() in folded:
+        return (folded[name.casefold()],)
+    matches = difflib.get_close_matches(name.casefold(), list(folded), n=3, cutoff=0.6)
+    return tuple(folded[match] for match in matches)
+
+
+class UnknownNameError(SouverixError, KeyError):
+    """A name looked up among a fixed set of names is not one of them.
+
+    A ``KeyError`` too, so that ``except KeyError`` and ``mapping[name]`` habits keep working,
+    but its message is a sentence (``KeyError`` alone would show only the quoted name) and it
+    suggests the closest known names, as the command line does for mistyped commands.
+
+    Attributes:
+        name: The name given.
+        known: Every valid name, in their usual order.
+        suggestions: The known names closest to ``name`` (best first; possibly empty).
+    """
+
+    #: What kind of name it is, for the message (``collection``, ``plane``).
+    kind = "name"
+
+    def __init__(self, name: object, known: Iterable[str], *, where: str = "") -> None:
+        self.name = name
+        self.known = tuple(known)
+        self.suggestions = _close_matches(str(name), self.known)
+        message = f"unknown {self.kind} {name!r}"
+        if where:
+            message += f" in {where}"
+        if self.suggestions:
+            message += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+        message += f" (known: {', '.join(self.known) or 'none'})"
+        super().__init__(message, reason=f"unknown-{self.kind}")
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message, quotes and all.
+        return str(self.args[0])
+
+
+class UnknownCollectionError(UnknownNameError, InvalidValueError):
+    """A collection name that is not one of ``policies``, ``versions``, ``nodes``, ``meta``.
+
+    Attributes:
+        key: The offending name (as for every :class:`InvalidValueError`).
+    """
+
+    kind = "collection"
+
+    def __init__(self, name: object, known: Iterable[str]) -> None:
+        UnknownNameError.__init__(self, name, known)
+        self.key = name
+
+
+class UnknownPlaneError(UnknownNameError):
+    """A control-plane name that the key directory (or topology) does not hold."""
+
+    kind = "plane"
 
 
 # --------------------------------------------------------------------------- federation files
@@ -249,14 +320,16 @@ class AuthorityError(SouverixError):
     Attributes:
         scope: The scope the refused act was about, if known.
         writer: The key id of the writer or issuer, if known.
+        plane: The plane name the writer's verified delegation gives it, if known.
     """
 
     def __init__(
-        self, message: str, *, reason: str = "", scope: str = "", writer: str = ""
+        self, message: str, *, reason: str = "", scope: str = "", writer: str = "", plane: str = ""
     ) -> None:
         super().__init__(message, reason=reason)
         self.scope = scope
         self.writer = writer
+        self.plane = plane
 
 
 class SignatureError(AuthorityError):

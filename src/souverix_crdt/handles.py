@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .document import COLLECTIONS, Change, WriteOp
-from .errors import InvalidValueError
+from .document import Change, WriteOp, check_collection
 from .lww import Register
 from .scope import Scope
 
@@ -100,10 +99,10 @@ class ScopeHandle:
         """A collection by name.
 
         Raises:
-            InvalidValueError: for an unknown collection.
+            UnknownCollectionError: for an unknown collection (an ``InvalidValueError`` and a
+                ``KeyError``); the closest name is suggested.
         """
-        if name not in COLLECTIONS:
-            raise InvalidValueError(f"unknown collection {name!r}", reason="collection", key=name)
+        check_collection(name)
         handle: CollectionHandle = getattr(self, name)
         return handle
 

@@ -50,7 +50,7 @@ from .authority import (
     issue_delegation,
     verify_chain,
 )
-from .errors import KeyFileError, SouverixError
+from .errors import KeyFileError, SouverixError, UnknownPlaneError
 from .hlc import Timestamp, system_wall_clock
 from .replica import Identity
 from .scope import Tier
@@ -125,11 +125,23 @@ class FederationKeys:
         return self.anchors.fleet_id
 
     def __getitem__(self, name: str) -> PlaneCredentials:
-        return self.planes[name]
+        """The credentials of plane ``name``.
+
+        Raises:
+            UnknownPlaneError: no such plane (a ``KeyError``); the closest names are suggested.
+        """
+        try:
+            return self.planes[name]
+        except KeyError:
+            raise UnknownPlaneError(name, self.planes, where=f"fleet {self.fleet_id}") from None
 
     def identity(self, name: str) -> Identity:
-        """The identity of plane ``name``."""
-        return self.planes[name].identity
+        """The identity of plane ``name``, for a :class:`~souverix_crdt.replica.Replica`.
+
+        Raises:
+            UnknownPlaneError: no such plane (a ``KeyError``); the closest names are suggested.
+        """
+        return self[name].identity
 
     def verify(self, *, at: Timestamp) -> dict[str, Grant]:
         """Verify every plane's chain against the anchors at ``at``; return the grants.

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import random
@@ -57,7 +58,7 @@ import yaml
 
 from .authority import Grant
 from .backoff import Backoff
-from .errors import ConfigError, SouverixError, TransportError
+from .errors import ConfigError, SouverixError, TransportError, UnknownPlaneError
 from .keydir import load_revocations
 from .keyring import FederationKeys, load_keys
 from .replica import IngestOutcome, Replica
@@ -196,8 +197,16 @@ class _Reader:
         return value
 
     def duration_s(self, value: object, field: str) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # YAML reads ``tick: 5`` as a number: say which unit was probably meant.
+            raise self.fail(
+                field,
+                f"expected a duration with a unit such as '{value:g}s', got {value!r}",
+                "type",
+            )
+        text = self.text(value, field)
         try:
-            return parse_duration(self.text(value, field)) / 1000
+            return parse_duration(text) / 1000
         except ValueError as exc:
             raise self.fail(field, str(exc)) from exc
 
@@ -304,6 +313,18 @@ def _sync(read: _Reader, value: object) -> dict[str, Any]:
     return options
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where and what, without PyYAML's ``in "<unicode string>"`` stream names."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            problem = f"{exc.problem} ({exc.context})"
+        where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
+        return " ".join(f"{where}{problem}".split())
+    return " ".join(str(exc).split())
+
+
 def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = None) -> PeerConfig:
     """Validate a peer config given as YAML text; relative paths are taken from ``base``.
 
@@ -314,8 +335,7 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise read.fail("", f"not valid YAML: {detail}", "syntax") from exc
+        raise read.fail("", f"not valid YAML: {_yaml_problem(exc)}", "syntax") from exc
     top = read.mapping(document, "", _TOP_FIELDS)
     for required in ("plane", "keys", "store"):
         if required not in top:
@@ -375,12 +395,11 @@ def open_replica(
     """
     federation = load_keys(config.keys) if keys is None else keys
     if config.plane not in federation.planes:
-        known = ", ".join(federation.planes)
+        unknown = UnknownPlaneError(
+            config.plane, federation.planes, where=f"the key directory {config.keys}"
+        )
         raise ConfigError(
-            file=config.source,
-            field="plane",
-            detail=f"no plane {config.plane!r} in the key directory {config.keys} ({known})",
-            reason="reference",
+            file=config.source, field="plane", detail=str(unknown), reason="reference"
         )
     if create:
         config.store.parent.mkdir(parents=True, exist_ok=True)
@@ -506,7 +525,7 @@ class PeerProcess:
 
         Raises:
             ConfigError, KeyFileError, StoreError: the config, keys or store are unusable.
-            OSError: the listen address cannot be bound.
+            ConfigError: also when the ``listen`` address cannot be bound (``field="listen"``).
             TransportError: the NATS server cannot be reached.
         """
         config = self.config
@@ -537,9 +556,22 @@ class PeerProcess:
     async def _start_tcp(self) -> None:
         config = self.config
         if config.listen_port is not None:
-            self.server = await TcpServer.start(
-                config.listen_host, config.listen_port, handler=self._serve
-            )
+            address = f"{config.listen_host}:{config.listen_port}"
+            try:
+                self.server = await TcpServer.start(
+                    config.listen_host, config.listen_port, handler=self._serve
+                )
+            except OSError as exc:
+                # Name the field to change: the bare socket error says neither file nor field.
+                cause = exc.strerror or str(exc)
+                if exc.errno == errno.EADDRINUSE:
+                    cause = "address already in use (another process listens there)"
+                raise ConfigError(
+                    file=config.source,
+                    field="listen",
+                    detail=f"cannot listen on {address}: {cause}",
+                    reason="listen",
+                ) from exc
             self.say(f"listening on {config.listen_host}:{self.server.port}")
         upstream = config.upstream
         if upstream is not None:

@@ -81,7 +81,10 @@ def _label(row: ScopeRow, depth: int, widths: tuple[int, int, int, int]) -> Text
             text.append(" " if index else "")
             text.append(badge, style=badge_style)
         text.append(" " * (badge_width - len(_badge_text(row))))
-    text.append(f"  {row.nodes.total:>{nodes_width}} nodes  ")
+    # "1 node " keeps the column as wide as "n nodes".
+    text.append(
+        f"  {row.nodes.total:>{nodes_width}} {'node ' if row.nodes.total == 1 else 'nodes'}  "
+    )
     text.append(row.status.ljust(status_width), style=_status_style(row))
     text.append(f"  drift {row.nodes.drifted:<3}", style="red" if row.nodes.drifted else "")
     text.append(f"  debt {row.debt_text}")

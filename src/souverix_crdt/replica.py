@@ -61,7 +61,7 @@ from .authority import verify_chain as _verify_chain
 from .checkpoint import open_checkpoint, seal_checkpoint
 from .codec import decode, encode, encode_canonical
 from .conflicts import ConflictRecord
-from .document import COLLECTIONS, Change, FleetState, WriteOp
+from .document import COLLECTIONS, Change, FleetState, WriteOp, check_collection
 from .envelope import (
     EnvelopeHeader,
     VerifiedEnvelope,
@@ -85,6 +85,7 @@ from .errors import (
 from .handles import ScopeHandle, Transaction, change_stream
 from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
 from .lww import Strategy
+from .naming import plane_name
 from .scope import Scope
 from .store.base import (
     Batch,
@@ -156,7 +157,7 @@ class Identity:
         The same as :attr:`~souverix_crdt.authority.Grant.plane` of the verified chain: the
         name peers know this replica by.
         """
-        return self.leaf.name or self.leaf.scope.name
+        return plane_name(self.leaf)
 
     @property
     def scope(self) -> Scope:
@@ -254,6 +255,7 @@ class ReplicaStatus:
 
     Attributes:
         name: The replica's name.
+        plane: The plane name its own verified delegation gives it.
         key_id: Its signing key id.
         chain: Its current writer chain.
         durability: The store's durability (``full`` unless explicitly weakened).
@@ -263,9 +265,11 @@ class ReplicaStatus:
         equivocators: ``"scope|chain"`` → the first sequence number that stopped counting.
         sync_debt: Per peer, what it has not acknowledged.
         hlc: The clock's high-water mark.
+        writers: Chain → the plane name of its writer, for every chain in ``frontiers``.
     """
 
     name: str
+    plane: str
     key_id: str
     chain: str
     durability: str
@@ -275,11 +279,13 @@ class ReplicaStatus:
     equivocators: dict[str, int]
     sync_debt: dict[str, SyncDebt]
     hlc: Timestamp
+    writers: dict[str, str] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
         return {
             "name": self.name,
+            "plane": self.plane,
             "key_id": self.key_id,
             "chain": self.chain,
             "durability": self.durability,
@@ -289,6 +295,7 @@ class ReplicaStatus:
             "equivocators": self.equivocators,
             "sync_debt": {peer: debt.to_json() for peer, debt in self.sync_debt.items()},
             "hlc": str(self.hlc),
+            "writers": self.writers,
         }
 
 
@@ -570,18 +577,52 @@ class Replica:
         return Transaction(self, Scope.parse(path))
 
     def get(self, scope: Scope | str, collection: str, key: str, default: Any = None) -> Any:
-        """The scope's own visible value for a key."""
+        """The scope's own visible value for a key, or ``default``.
+
+        Raises:
+            UnknownCollectionError: ``collection`` is not one of
+                :data:`~souverix_crdt.document.COLLECTIONS` (the closest is suggested).
+        """
+        check_collection(collection)
         target = Scope.parse(scope)
         state = self.fleet.scopes.get(target)
         return default if state is None else state.get(collection, key, default)
 
     def effective(self, scope: Scope | str, collection: str, key: str, default: Any = None) -> Any:
-        """The value in force at ``scope``: its own, else the nearest ancestor's."""
+        """The value in force at ``scope``: its own, else the nearest ancestor's.
+
+        Raises:
+            UnknownCollectionError: ``collection`` is not a collection (the closest is suggested).
+        """
         return self.fleet.effective(scope, collection, key, default)
 
     def conflicts(self) -> list[ConflictRecord]:
-        """The audit log of settled conflicts, in canonical order."""
-        return self.fleet.conflicts.records()
+        """The audit log of settled conflicts, in canonical order, writers named by plane."""
+        return [self._named(record) for record in self.fleet.conflicts.records()]
+
+    def plane_of(self, writer: str) -> str:
+        """The plane name of a writer chain (``"<key id>~<epoch>"``) or key id; ``""`` if unknown.
+
+        The name is what the writer's verified delegation says
+        (:func:`~souverix_crdt.naming.plane_name`): the grant its envelopes were accepted
+        under, else a delegation of its key that this replica holds (they are verified to the
+        anchors before they are kept).
+        """
+        grant = self.policy.grants.get(writer)
+        if grant is not None:
+            return plane_name(grant)
+        key_id = chain_writer(writer)
+        if key_id == self.identity.key_id:
+            return plane_name(self.identity.leaf)
+        names = sorted({plane_name(link) for link in self.authority.delegations_for(key_id)})
+        return "|".join(names)
+
+    def _named(self, record: ConflictRecord) -> ConflictRecord:
+        return attrs.evolve(
+            record,
+            winner_plane=self.plane_of(record.winner.writer),
+            loser_plane=self.plane_of(record.loser.writer),
+        )
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every non-empty scope's visible values (sorted)."""
@@ -604,7 +645,7 @@ class Replica:
 
     def on_conflict(self, callback: Callable[[ConflictRecord], None]) -> Callable[[], None]:
         """Call ``callback`` for every new conflict record; returns an unsubscribe function."""
-        return self.fleet.subscribe_conflicts(callback)
+        return self.fleet.subscribe_conflicts(lambda record: callback(self._named(record)))
 
     def on_envelope(
         self, callback: Callable[[StoredEnvelope, str | None], None]
@@ -1449,17 +1490,20 @@ class Replica:
 
     def status(self) -> ReplicaStatus:
         """Frontiers, pending, quarantine, equivocators and sync debt, for operators."""
+        frontiers = self.frontiers()
         return ReplicaStatus(
             name=self.name,
+            plane=plane_name(self.identity.leaf),
             key_id=self.identity.key_id,
             chain=self.chain,
             durability=self.store.durability,
-            frontiers={f"{s}|{c}": q for s, c, q, _ in self.frontiers()},
+            frontiers={f"{s}|{c}": q for s, c, q, _ in frontiers},
             pending=self._pending_count(),
             quarantined={w: n for w, n in self._quarantined_by_writer.items() if n},
             equivocators={f"{k[0]}|{k[1]}": v[0] for k, v in self._proofs.items()},
             sync_debt={peer: self.sync_debt(peer) for peer in sorted(self._peers)},
             hlc=self.clock.last,
+            writers={c: self.plane_of(c) for c in sorted({c for _, c, _, _ in frontiers})},
         )
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from souverix_crdt.errors import (
     UntrustedKeyError,
 )
 from souverix_crdt.hlc import Timestamp
+from souverix_crdt.naming import describe_writer, plane_name
 from souverix_crdt.scope import Autonomy, Scope, Tier
 
 from ._wire import (
@@ -73,17 +74,19 @@ class Grant:
     name: str = ""
 
     @property
-    def plane(self) -> str:
-        """The writer's plane name: the signed name of its leaf, else its scope's last segment.
-
-        This is the only name a peer is known by: it comes from the verified chain.
-        """
-        return self.name or self.scope.name
-
-    @property
     def subject_key_id(self) -> str:
         """The writer's key id."""
         return self.subject.key_id
+
+    @property
+    def plane(self) -> str:
+        """The plane name the verified chain gives the writer (see ``naming.plane_name``)."""
+        return plane_name(self)
+
+    @property
+    def writer_label(self) -> str:
+        """``"region-a (key <key id>)"``: how messages name the writer."""
+        return describe_writer(self.plane, f"key {self.subject_key_id}")
 
     @property
     def rank(self) -> int:
@@ -112,10 +115,11 @@ class Grant:
         target = Scope.parse(scope)
         if not self.scope.contains(target):
             raise ScopeViolationError(
-                f"key {self.subject_key_id} holds {self.scope}, not {target}",
+                f"{self.writer_label} holds {self.scope}, not {target}",
                 reason="scope",
                 scope=str(target),
                 writer=self.subject_key_id,
+                plane=self.plane,
             )
 
     def check_capability(self, capability: Capability) -> None:
@@ -126,10 +130,11 @@ class Grant:
         """
         if capability not in self.capabilities:
             raise CapabilityViolationError(
-                f"key {self.subject_key_id} lacks {capability.value}",
+                f"{self.writer_label} lacks {capability.value}",
                 reason=capability.value,
                 scope=str(self.scope),
                 writer=self.subject_key_id,
+                plane=self.plane,
             )
 
     def __repr__(self) -> str:

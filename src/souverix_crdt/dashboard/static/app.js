@@ -186,7 +186,7 @@
           h("span", { class: "name", text: row.name, title: row.scope }),
           h("span", { class: "level-tag", text: row.level }),
           h("span", { class: "badges" }, badges)),
-        h("span", { class: "nodes", dataset: { total: row.nodes.total }, title: `${row.own_nodes.total} in its own scope`, text: `${row.nodes.total} nodes` }),
+        h("span", { class: "nodes", dataset: { total: row.nodes.total }, title: `${row.nodes.total} in its subtree, ${row.own_nodes.total} in its own scope`, text: plural(row.nodes.total, "node") }),
         h("span", { class: ["status", statusClass(row)], text: row.status }),
         h("span", { class: ["drift", row.nodes.drifted ? "has-drift" : ""], text: `drift ${row.nodes.drifted}` }),
         h("span", { class: "sync" },
@@ -391,7 +391,7 @@
 
   function renderLevels() {
     const ls = state.data.level_status;
-    table("levels", ["level", "planes", "nodes", "cut off", "uplinks", "sync debt"],
+    table("levels", ["level", "planes", "own nodes", "cut off", "uplinks", "sync debt"],
       LEVELS.filter((l) => ls[l]).map((level) => {
         const x = ls[level];
         const links = x.links ? `${x.up} up · ${x.down} down${x.air_gapped ? ` · ${x.air_gapped} air-gapped` : ""}` : (level === "global" ? "— (root)" : "no link state known");
