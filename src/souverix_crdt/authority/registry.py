@@ -179,9 +179,13 @@ class Authority:
             if delegation.digest in self._parked:
                 raise self._parked_error(delegation)
             self._check_fleet(delegation.fleet_id)
+            orphan = not delegation.is_root_issued and delegation.parent not in self._delegations
+            if orphan:
+                # Before the signature: a flood of orphans past the budget costs no verification.
+                self._check_parking_room(delegation)
             # The one check only the new link needs: its parent's chain already passed it.
             delegation.verify_signatures()
-            if not delegation.is_root_issued and delegation.parent not in self._delegations:
+            if orphan:
                 self._park(delegation)
             self._verify_structure(delegation)
         except AuthorityError as exc:
@@ -261,11 +265,10 @@ class Authority:
             digest = parked.parent
         return digest
 
-    def _park(self, delegation: Delegation) -> None:
-        size = len(delegation.encode())
+    def _check_parking_room(self, delegation: Delegation) -> None:
         if (
             len(self._parked) >= self.max_parked_delegations
-            or self._parked_bytes + size > self.max_parked_bytes
+            or self._parked_bytes + len(delegation.encode()) > self.max_parked_bytes
         ):
             # Never evict: what is parked may be the honest half of a chain in transit.
             raise TooLargeError(
@@ -273,9 +276,11 @@ class Authority:
                 f"{self._parked_bytes} bytes); delegation {delegation.digest.hex()} refused",
                 reason="delegation-parking",
             )
+
+    def _park(self, delegation: Delegation) -> None:
         self._parked[delegation.digest] = delegation
         self._parked_children.setdefault(delegation.parent, []).append(delegation.digest)
-        self._parked_bytes += size
+        self._parked_bytes += len(delegation.encode())
         raise self._parked_error(delegation)
 
     def _unpark(self, digest: bytes) -> Delegation:
