@@ -594,3 +594,47 @@ def test_parked_descendants_of_a_link_that_fails_are_dropped() -> None:
     assert authority.parked_count == authority.parked_bytes == 0
     assert not authority.is_conditional(Scope.parse("global/region-b/x"))
     assert authority.refusals == {"scope-widened": 1, "parent-refused": 1}
+
+
+def test_a_revocation_in_one_chain_of_a_key_does_not_refuse_its_bundles_in_another(
+    tmp_path: Path,
+) -> None:
+    # One key, delegated by both regions. region-a may revoke it in region-a's chain only: a
+    # bundle it signs under region-b's chain is still accepted.
+    fleet = _fleet()
+    key = fleet.key("dual")
+    for name, parent in (("dual-a", "region-a"), ("dual-b", "region-b")):
+        fleet.delegate(
+            name,
+            parent=parent,
+            scope=f"global/{parent}/dual",
+            capabilities=EDGE_CAPABILITIES,
+            tier=Tier.LOCAL,
+            autonomy=Autonomy.FULL,
+            key=key,
+        )
+    links = [link.encode() for member in fleet for link in member.chain]
+    importer = Replica(
+        Identity(fleet["region-b"].key, fleet["region-b"].chain),
+        fleet.anchors,
+        MemoryStore(),
+        name="region-b",
+        wall_clock=Clock(NOW + 10_000),
+    )
+    importer.add_delegations(links)
+    revocation = issue_revocation(
+        fleet["region-a"].key, fleet_id=FLEET_ID, revoked=key.public, cut={}, hlc=AT
+    )
+    assert importer.add_revocations([revocation.encode()]) == 1  # it counts, in dual-a's chain
+    dual = Replica(
+        Identity(key, fleet["dual-b"].chain),
+        fleet.anchors,
+        MemoryStore(),
+        name="dual-b",
+        wall_clock=Clock(NOW + 10_000),
+    )
+    dual.add_delegations(links)
+    dual.scope("global/region-b/dual").nodes.set("n1", "up")
+    path = tmp_path / "dual.bundle"
+    export_bundle(dual, path, peer="region-b", peer_scope="global/region-b")
+    assert import_bundle(importer, path).applied == 1
