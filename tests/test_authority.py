@@ -767,12 +767,23 @@ def test_authority_builds_chains_from_leaf_digests_in_any_order() -> None:
     fleet = make_fleet()
     authority = Authority(fleet.anchors)
     edge = fleet["edge-a1"]
-    assert authority.add_delegation(edge.delegation)
-    assert not authority.add_delegation(edge.delegation)
+    # The leaf arrives first: it waits, parked, and counts for nothing until its parent comes.
+    for _ in range(2):
+        with pytest.raises(UnknownDelegationError) as parked:
+            authority.add_delegation(edge.delegation)
+        assert parked.value.reason == "parked"
+        assert parked.value.missing == fleet["region-a"].digest
+    assert authority.is_parked(edge.digest)
+    assert authority.delegation(edge.digest) is None
+    assert authority.public_key(edge.key_id) is None
     with pytest.raises(UnknownDelegationError) as caught:
         authority.grant_for(edge.key_id, edge.digest, at=AT)
     assert caught.value.missing == fleet["region-a"].digest
-    authority.add_delegation(fleet["region-a"].delegation)
+    region = fleet["region-a"].delegation
+    assert authority.add_delegation(region) == (region, edge.delegation)
+    assert authority.add_delegation(edge.delegation) == ()
+    assert not authority.is_parked(edge.digest)
+    assert authority.parked_count == authority.parked_bytes == 0
     grant = authority.grant_for(edge.key_id, edge.digest, at=AT)
     assert grant.chain_subjects == (fleet["region-a"].key_id, edge.key_id)
     assert authority.public_key(edge.key_id) == edge.public
@@ -1011,13 +1022,17 @@ def test_revocation_reaches_only_chains_below_its_issuer() -> None:
     fleet = make_fleet()
     authority = fleet.authority()
     edge = fleet["edge-a1"]
-    # region-b holds delegate, so its revocation is accepted, but it does not stand above
-    # edge-a1: it cannot take away a grant it never gave.
-    assert authority.add_revocation(
-        issue_revocation(
-            fleet["region-b"].key, fleet_id=FLEET_ID, revoked=edge.public, cut={}, hlc=AT
+    # region-b holds delegate, but it does not stand above edge-a1: it cannot take away a
+    # grant it never gave, so its revocation is refused and not kept.
+    with pytest.raises(UntrustedKeyError) as caught:
+        authority.add_revocation(
+            issue_revocation(
+                fleet["region-b"].key, fleet_id=FLEET_ID, revoked=edge.public, cut={}, hlc=AT
+            )
         )
-    )
+    assert caught.value.reason == "not-an-ancestor"
+    assert not authority.is_revoked(edge.key_id)
+    assert list(authority.revocations()) == []
     grant = authority.grant_for(edge.key_id, edge.digest, at=AT)
     assert not authority.is_cut(grant, edge.scope, 1)
 
@@ -1026,13 +1041,15 @@ def test_revocation_issuer_authority() -> None:
     fleet = make_fleet(roots=3, quorum=2)
     authority = fleet.authority()
     edge = fleet["edge-a1"]
-    # An edge key holds no delegate: its revocation waits for authority it will never get.
-    with pytest.raises(UnknownDelegationError):
+    # An edge key is not above its sibling: refused for good, not parked.
+    with pytest.raises(UntrustedKeyError) as caught:
         authority.add_revocation(
             issue_revocation(
                 edge.key, fleet_id=FLEET_ID, revoked=fleet["edge-a2"].public, cut={}, hlc=AT
             )
         )
+    assert not isinstance(caught.value, UnknownDelegationError)
+    assert caught.value.reason == "not-an-ancestor"
     # One root of a 2-of-3 quorum is not enough.
     with pytest.raises(QuorumError):
         authority.add_revocation(
@@ -1089,7 +1106,7 @@ def test_revocation_issuer_authority() -> None:
     assert authority.add_revocation(good)
 
 
-def test_revocation_waits_for_its_issuers_delegation() -> None:
+def test_revocation_waits_for_the_revoked_keys_delegation() -> None:
     fleet = make_fleet()
     bare = Authority(fleet.anchors)
     revocation = issue_revocation(
@@ -1101,7 +1118,8 @@ def test_revocation_waits_for_its_issuers_delegation() -> None:
     )
     with pytest.raises(UnknownDelegationError) as caught:
         bare.add_revocation(revocation)
-    assert caught.value.missing == fleet["region-a"].key_id
+    assert caught.value.missing == fleet["edge-a1"].key_id
+    assert caught.value.reason == "revoked-unknown"
     for link in fleet["edge-a1"].chain:
         bare.add_delegation(link)
     assert bare.add_revocation(revocation)

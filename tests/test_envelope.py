@@ -378,10 +378,13 @@ def test_unknown_delegation_waits_as_pending() -> None:
     with pytest.raises(UnknownDelegationError) as caught:
         open_(sealed.data, authority)
     assert caught.value.missing == edge.digest
-    authority.add_delegation(edge.delegation)
+    # The leaf without its parent is parked: it counts for nothing, so the envelope still waits.
+    with pytest.raises(UnknownDelegationError) as parked:
+        authority.add_delegation(edge.delegation)
+    assert parked.value.missing == FLEET["region-a"].digest
     with pytest.raises(UnknownDelegationError) as caught:
         open_(sealed.data, authority)
-    assert caught.value.missing == FLEET["region-a"].digest
+    assert caught.value.missing == edge.digest
     authority.add_delegation(FLEET["region-a"].delegation)
     open_(sealed.data, authority)
 
@@ -404,10 +407,13 @@ def test_envelope_signed_by_a_self_made_root_is_rejected() -> None:
         autonomy=Autonomy.FULL,
     )
     authority = FLEET.authority()
-    authority.add_delegation(rogue.delegation)  # signatures are fine, just not by our root
+    # Its signatures are fine, just not by our root: refused at the door, never recorded.
     with pytest.raises(UntrustedKeyError) as caught:
-        open_(rogue.seal().data, authority)
+        authority.add_delegation(rogue.delegation)
     assert caught.value.reason == "not-a-root"
+    assert authority.delegation(rogue.digest) is None
+    with pytest.raises(UnknownDelegationError):
+        open_(rogue.seal().data, authority)
 
 
 # --------------------------------------------------------------------------- scope and time

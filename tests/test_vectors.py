@@ -42,8 +42,12 @@ def anchors_of(context: dict[str, Any]) -> TrustAnchors:
 
 def authority_of(context: dict[str, Any]) -> Authority:
     authority = Authority(anchors_of(context))
-    for data in context.get("delegations", ()):
-        authority.add_delegation(Delegation.decode(bytes.fromhex(data)))
+    # The context lists delegations in any order: the registry takes them parents first.
+    delegations = [
+        Delegation.decode(bytes.fromhex(data)) for data in context.get("delegations", ())
+    ]
+    _, refused = authority.add_delegations(delegations)
+    assert refused == ()
     for data in context.get("revocations", ()):
         authority.add_revocation(Revocation.decode(bytes.fromhex(data)))
     return authority

@@ -261,6 +261,10 @@ class ReplicaStatus:
         durability: The store's durability (``full`` unless explicitly weakened).
         frontiers: ``"scope|chain"`` → last sequence number applied.
         pending: Items waiting in the pending area.
+        parked_delegations: Delegations waiting for their parent; they count for nothing.
+        refused_authority: Delegations and revocations refused since the replica opened, per
+            reason (``"not-a-root"``, ``"scope-widened"``, ``"not-an-ancestor"``,
+            ``"delegation-parking"``...).
         quarantined: Quarantined envelopes per writer key id.
         equivocators: ``"scope|chain"`` → the first sequence number that stopped counting.
         sync_debt: Per peer, what it has not acknowledged.
@@ -275,6 +279,8 @@ class ReplicaStatus:
     durability: str
     frontiers: dict[str, int]
     pending: int
+    parked_delegations: int
+    refused_authority: dict[str, int]
     quarantined: dict[str, int]
     equivocators: dict[str, int]
     sync_debt: dict[str, SyncDebt]
@@ -291,6 +297,8 @@ class ReplicaStatus:
             "durability": self.durability,
             "frontiers": self.frontiers,
             "pending": self.pending,
+            "parked_delegations": self.parked_delegations,
+            "refused_authority": self.refused_authority,
             "quarantined": self.quarantined,
             "equivocators": self.equivocators,
             "sync_debt": {peer: debt.to_json() for peer, debt in self.sync_debt.items()},
@@ -404,10 +412,13 @@ class Replica:
     # ================================================================== loading
 
     def _load(self) -> None:
+        # The identity's own chain must verify to the anchors (a typed error otherwise).
         for delegation in self.identity.chain:
             self.authority.add_delegation(delegation)
-        for item in self.store.delegations():
-            self._learn_delegation(item.data)
+        # A store written by an older version may hold items kept without verifying them: only
+        # those that verify now are loaded (and so used or re-sent). Nothing is parked from the
+        # store: what it holds of a chain must be whole on its own.
+        self._learn_delegations(item.data for item in self.store.delegations())
         for item in self.store.revocations():
             self._learn_revocation(item.data)
         self._own_grant_at(self.clock.last)  # the identity must verify against the anchors
@@ -1206,29 +1217,12 @@ class Replica:
 
     # ================================================================== authority items
 
-    def _learn_delegation(self, data: bytes) -> bool:
-        try:
-            delegation = Delegation.decode(data)
-            return self.authority.add_delegation(delegation)
-        except SouverixError:
-            return False
-
-    def _learn_revocation(self, data: bytes) -> bool:
-        try:
-            revocation = Revocation.decode(data)
-            return self.authority.add_revocation(revocation)
-        except SouverixError:
-            return False
-
-    def add_delegations(self, items: Iterable[bytes]) -> int:
-        """Learn delegations (encoded); persist the new ones and retry what waited for them.
-
-        Returns:
-            How many were new. Invalid ones are skipped.
-        """
-        batch = Batch()
-        new = 0
+    def _learn_delegations(
+        self, items: Iterable[bytes], *, park: bool = False
+    ) -> tuple[Delegation, ...]:
+        """Decode ``items`` and add them to the registry; return those that came to count."""
         known = self.authority.delegation
+        decoded: list[Delegation] = []
         for data in items:
             # A delegation's name is the SHA-256 of its canonical encoding, and only canonical
             # bytes decode: one already known is recognised without decoding it again (peers
@@ -1236,29 +1230,50 @@ class Replica:
             if isinstance(data, bytes) and known(hashlib.sha256(data).digest()) is not None:
                 continue
             try:
-                delegation = Delegation.decode(data)
-            except (DecodeError, AuthorityError):
-                continue
-            try:
-                added = self.authority.add_delegation(delegation)
-            except AuthorityError:
-                continue
-            if added:
-                new += 1
-                batch.delegations.append(StoredItem(delegation.digest, delegation.encode()))
-        if new:
-            self.store.commit(batch)
+                decoded.append(Delegation.decode(data))
+            except (DecodeError, AuthorityError) as exc:
+                self.authority.refusals[exc.reason or "malformed"] += 1
+        added, _refused = self.authority.add_delegations(decoded, park=park)
+        return added
+
+    def _learn_revocation(self, data: bytes) -> None:
+        try:
+            self.authority.add_revocation(Revocation.decode(data))
+        except UnknownDelegationError:
+            # Kept by an older version before the revoked key's chain was known: it waits (in
+            # memory; the store still holds it) like one that arrives now.
+            if len(self._delegation_pending) < self.max_pending:
+                self._delegation_pending[hashlib.sha256(data).digest()] = (data, "revocation")
+        except SouverixError:
+            pass  # does not count: not loaded, so never used or re-sent
+
+    def add_delegations(self, items: Iterable[bytes]) -> int:
+        """Learn delegations (encoded); persist those that count and retry what waited for them.
+
+        A delegation counts once its whole chain verifies to the anchors. One whose parent is
+        not known yet waits in the registry's bounded parking area (not persisted, not sent);
+        one that does not verify is refused and forgotten (see :attr:`Authority.refusals`).
+
+        Returns:
+            How many came to count (with parked ones this batch completed).
+        """
+        added = self._learn_delegations(items, park=True)
+        if added:
+            self.store.commit(Batch(delegations=[StoredItem(d.digest, d.encode()) for d in added]))
             self._refresh_strategies()
             self.retry_pending()
             self._authority_changed()
-        return new
+        return len(added)
 
     def add_revocations(self, items: Iterable[bytes]) -> int:
-        """Learn revocations (encoded); persist them and rebuild the chains they cut.
+        """Learn revocations (encoded); persist those that count and rebuild the chains they cut.
+
+        A revocation counts when a quorum of roots, or a strict ancestor of the revoked key in
+        that key's verified chain, issued it. Any other is refused: not stored, not sent, no
+        effect. One whose revoked key has no verified delegation yet waits in the pending area.
 
         Returns:
-            How many were new. Invalid ones are skipped; ones whose issuer is not known yet
-            wait in the pending area.
+            How many were new.
         """
         batch = Batch()
         new = 0
@@ -1293,18 +1308,21 @@ class Replica:
         return new
 
     def authority_digest(self) -> bytes:
-        """A digest of every delegation, revocation and proof known (equal sets, equal digest)."""
+        """A digest of the delegations, revocations and proofs that count (equal sets: equal).
+
+        Parked and refused items are not in it, so a forged item never makes two replicas differ.
+        """
         digests = sorted(d.digest for d in self.authority.delegations())
         digests += sorted(r.digest for r in self.authority.revocations())
         digests += sorted(hashlib.sha256(a + b).digest() for a, b in self.proofs())
         return hashlib.sha256(b"".join(digests)).digest()
 
     def delegations(self) -> list[bytes]:
-        """Every known delegation, encoded (to send to peers)."""
+        """Every delegation that counts, encoded (to send to peers)."""
         return [d.encode() for d in self.authority.delegations()]
 
     def revocations(self) -> list[bytes]:
-        """Every known revocation, encoded (to send to peers)."""
+        """Every revocation that counts, encoded (to send to peers)."""
         return [r.encode() for r in self.authority.revocations()]
 
     def retry_pending(self) -> list[IngestResult]:
@@ -1499,6 +1517,8 @@ class Replica:
             durability=self.store.durability,
             frontiers={f"{s}|{c}": q for s, c, q, _ in frontiers},
             pending=self._pending_count(),
+            parked_delegations=self.authority.parked_count,
+            refused_authority=dict(sorted(self.authority.refusals.items())),
             quarantined={w: n for w, n in self._quarantined_by_writer.items() if n},
             equivocators={f"{k[0]}|{k[1]}": v[0] for k, v in self._proofs.items()},
             sync_debt={peer: self.sync_debt(peer) for peer in sorted(self._peers)},

@@ -283,9 +283,27 @@ def revocation_vectors() -> dict[str, Any]:
         "QuorumError",
     )
     add(
-        "by a key without delegate (waits forever)",
+        "by a sibling zone (not an ancestor in the revoked key's chain)",
         issue_revocation(
             fleet["edge-a2"].key, fleet_id=FLEET_ID, revoked=edge.public, cut={}, hlc=at
+        ).encode(),
+        "UntrustedKeyError",
+    )
+    add(
+        "by a sibling region (holds delegate, but not above the revoked key)",
+        issue_revocation(
+            fleet["region-b"].key, fleet_id=FLEET_ID, revoked=edge.public, cut={}, hlc=at
+        ).encode(),
+        "UntrustedKeyError",
+    )
+    add(
+        "of a key whose delegation is not known yet (waits)",
+        issue_revocation(
+            fleet["region-a"].key,
+            fleet_id=FLEET_ID,
+            revoked=fleet.key("stranger").public,
+            cut={},
+            hlc=at,
         ).encode(),
         "UnknownDelegationError",
     )

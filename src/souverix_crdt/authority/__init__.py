@@ -30,6 +30,13 @@ Chains
     only delegates ``conditional``, validity window contained); no key appears twice; the chain
     is at most ``max_depth`` links.
 
+The registry
+    :class:`Authority` records a delegation only once its whole chain verifies to the anchors,
+    windows aside (an expired but genuine link still verifies structurally: envelopes signed
+    while it was valid still count). One whose parent is not known yet waits, counting for
+    nothing, in a parking area bounded in count and bytes, and is examined again when the
+    parent arrives; a full parking area refuses the newcomer and never evicts.
+
 Validity windows
     ``not_before`` is inclusive and ``not_after`` exclusive: a link is valid at ``at`` when
     ``not_before <= at < not_after``. A window must be non-empty. A child window that starts
@@ -40,10 +47,12 @@ Revocations and the cascade rule
     A :class:`Revocation` names a key id, a causal ``cut`` (per scope, the last sequence number of
     the revoked key that the revoker had seen; a scope it does not list has cut 0) and ``kept``,
     the digests of delegations *issued by* the revoked key that the revoker vouches for. It is
-    signed either by a quorum of roots or by one key holding a known delegation with ``delegate``.
-    Its effect is limited to chains in which its issuer is a strict ancestor of the revoked key
-    (a root revocation reaches every chain), so a region can never revoke a sibling region's
-    grant. Within such a chain, for a write ``(scope, seq)`` by the chain's leaf:
+    signed either by a quorum of roots or by one key that is a strict ancestor of the revoked key
+    in one of that key's verified chains (and so holds ``delegate`` there); any other is refused
+    and never kept, so a zone, a sibling region or an outsider cannot revoke at all. Its effect
+    is limited to chains in which its issuer is a strict ancestor of the revoked key (a root
+    revocation reaches every chain). Within such a chain, for a write ``(scope, seq)`` by the
+    chain's leaf:
 
     * if the leaf is the revoked key, the write counts only when ``seq <= cut[scope]``, whatever
       HLC it claims (a revoked key cannot backdate);
@@ -91,7 +100,10 @@ from .delegation import check_plane_name as check_plane_name
 from .delegation import issue_delegation as issue_delegation
 from .keys import PublicKey as PublicKey
 from .keys import SigningKey as SigningKey
+from .registry import DEFAULT_MAX_PARKED_BYTES as DEFAULT_MAX_PARKED_BYTES
+from .registry import DEFAULT_MAX_PARKED_DELEGATIONS as DEFAULT_MAX_PARKED_DELEGATIONS
 from .registry import Authority as Authority
+from .registry import parents_first as parents_first
 from .revocation import Revocation as Revocation
 from .revocation import cut_key as cut_key
 from .revocation import issue_revocation as issue_revocation
@@ -100,6 +112,8 @@ from .revocation import rotate_key as rotate_key
 __all__ = [
     "ALGORITHM",
     "COLLECTION_CAPABILITY",
+    "DEFAULT_MAX_PARKED_BYTES",
+    "DEFAULT_MAX_PARKED_DELEGATIONS",
     "DELEGATION_DOMAIN",
     "DIGEST_SIZE",
     "FORMAT_VERSION",
@@ -130,6 +144,7 @@ __all__ = [
     "cut_key",
     "issue_delegation",
     "issue_revocation",
+    "parents_first",
     "rotate_key",
     "verify_chain",
 ]

@@ -275,7 +275,12 @@ class Fleet:
         return member
 
     def authority(self, *, members: Iterable[str] | None = None) -> Authority:
-        """An :class:`Authority` knowing the chains of ``members`` (default: all of them)."""
+        """An :class:`Authority` knowing the chains of ``members`` (default: all of them).
+
+        Raises:
+            AuthorityError: a member's chain does not verify to the anchors (the registry
+                records only chains that do; see :meth:`Authority.add_delegation`).
+        """
         authority = Authority(self.anchors)
         names = self.members if members is None else members
         for name in names:

@@ -659,7 +659,7 @@ def _open_signed(
     key_id = _str(signer["source_key"], "source key")
     if grant.subject_key_id != key_id:
         raise _fail("the signer's key is not its chain's subject", "untrusted")
-    if replica.authority.is_revoked(key_id):
+    if replica.authority.is_revoked(key_id, grant):
         raise _fail(f"the signer {key_id} is revoked", "revoked")
     try:
         grant.subject.verify(signature, domain + encoded)
