@@ -52,6 +52,7 @@ from souverix_crdt.errors import (
 )
 
 from .base import DEFAULT_MAX_FRAME, Transport
+from .tls import certificate_plane_name
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -170,6 +171,16 @@ class TcpTransport(Transport):
     def tls(self) -> bool:
         """Whether the connection runs inside TLS."""
         return self._writer.get_extra_info("ssl_object") is not None
+
+    @property
+    def peer_certificate_name(self) -> str | None:
+        """The plane named by the peer's verified TLS certificate, or ``None``.
+
+        ``None`` without TLS, when the peer presented no certificate (a server without mutual
+        TLS asks for none), or when its certificate names no plane (see
+        :func:`~souverix_crdt.transports.tls.certificate_plane_name`).
+        """
+        return certificate_plane_name(self._writer.get_extra_info("peercert"))
 
     def _broken_error(self) -> TransportBrokenError:
         assert self._broken is not None
