@@ -69,6 +69,7 @@ from .scope import Autonomy, Scope, Tier
 from .status import LinkState, LinkStatus
 from .store.sqlite import SqliteStore
 from .topology import Topology, default_topology_text, load_topology, parse_topology
+from .transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_files
 
 __all__ = ["cli", "main"]
 
@@ -256,8 +257,17 @@ def _print_planes(federation: FederationKeys, topology: Topology | None) -> None
 @click.option("--roots", default=1, show_default=True, help="Root keys to pin.")
 @click.option("--quorum", default=1, show_default=True, help="Root signatures per root act.")
 @click.option("--days", default=365, show_default=True, help="Validity of every delegation.")
-@click.option("--no-root-keys", is_flag=True, help="Do not write the root private keys.")
+@click.option(
+    "--no-root-keys", is_flag=True, help="Do not write the root (and TLS CA) private keys."
+)
 @click.option("--force", is_flag=True, help="Replace the keys of an existing directory.")
+@click.option(
+    "--tls-host",
+    "tls_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="Also name this host or IP in every TLS certificate (repeat; the plane name always is).",
+)
 def keys_init(
     *,
     topology_file: Path | None,
@@ -268,11 +278,13 @@ def keys_init(
     days: int,
     no_root_keys: bool,
     force: bool,
+    tls_hosts: tuple[str, ...],
 ) -> None:
     """Bootstrap root keys and a delegation for every control plane of TOPOLOGY_FILE.
 
     Without TOPOLOGY_FILE, the brief's topology (packaged with the library) is used. The
-    topology is copied into the directory, so views and peers read it from there.
+    topology is copied into the directory, so views and peers read it from there. A TLS CA
+    and a certificate per plane are made too (tls/), for peers configured with ``tls: true``.
     """
     if topology_file is None:
         text = default_topology_text()
@@ -295,11 +307,21 @@ def keys_init(
             quorum=quorum,
             not_after=None if days == 365 else _window_end(now, days),
         )
-        save_keys(federation, out_dir, include_roots=not no_root_keys)
+        save_keys(
+            federation,
+            out_dir,
+            include_roots=not no_root_keys,
+            new_tls_ca=True,
+            tls_hosts=tls_hosts,
+            tls_validity_days=days,
+        )
         (out_dir / TOPOLOGY_FILE).write_text(text, "utf-8")
     _print_planes(federation, None)
     where = "not written (kept offline)" if no_root_keys else f"in {out_dir / 'roots'}"
-    click.echo(f"wrote {out_dir}: {len(federation.planes)} planes; root keys {where}")
+    click.echo(
+        f"wrote {out_dir}: {len(federation.planes)} planes; root keys {where}; "
+        f"TLS CA and plane certificates in {out_dir / TLS_DIR}"
+    )
 
 
 def _window_end(now_ms: int, days: int) -> Any:
@@ -376,6 +398,18 @@ def keys_delegate(
         f"delegated {creds.delegation.scope} to {name} (key {creds.key_id[:16]}) by {issuer}; "
         f"wrote {keys_dir / 'planes' / (name + '.key')}"
     )
+    _say_tls(keys_dir, name)
+
+
+def _say_tls(keys_dir: Path, name: str) -> None:
+    files = key_directory_files(keys_dir, name)
+    if files.cert.is_file():
+        click.echo(f"TLS certificate for {name}: {files.cert}")
+    else:
+        click.echo(
+            f"no TLS certificate for {name}: the fleet CA's private key ({CA_KEY_FILE}) is not "
+            "in this directory; issue it where the CA key is kept"
+        )
 
 
 def _parse_cut(items: tuple[str, ...]) -> dict[str, int]:
@@ -502,13 +536,14 @@ def keys_rotate(
     cut = _cut(federation, plane, cut_items, cut_from)
     old = federation[plane].key_id
     updated, delegation, revocation = rotate_plane(federation, plane, cut=cut, now_ms=_now_ms())
-    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
+    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys), renew_tls=(plane,))
     path = save_revocation(keys_dir, revocation)
     shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
     click.echo(
         f"rotated {plane}: key {old[:16]} -> {updated[plane].key_id[:16]}; old key revoked "
         f"(cut {shown}); wrote {path}"
     )
+    _say_tls(keys_dir, plane)
     _apply(apply_to, [delegation], revocation)
 
 
