@@ -155,6 +155,10 @@ class TcpTransport(Transport):
         # cancelled between the two reads leaves it here, and the next receive reads the body,
         # so cancelling a receive never loses (or misframes) anything.
         self._pending_size: int | None = None
+        # Read once, now that the handshake is done: asyncio's TLS transport forgets its
+        # connection details once closed.
+        self._tls = writer.get_extra_info("ssl_object") is not None
+        self._certificate_name = certificate_plane_name(writer.get_extra_info("peercert"))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._broken else "open"
@@ -170,7 +174,7 @@ class TcpTransport(Transport):
     @property
     def tls(self) -> bool:
         """Whether the connection runs inside TLS."""
-        return self._writer.get_extra_info("ssl_object") is not None
+        return self._tls
 
     @property
     def peer_certificate_name(self) -> str | None:
@@ -180,7 +184,7 @@ class TcpTransport(Transport):
         TLS asks for none), or when its certificate names no plane (see
         :func:`~souverix_crdt.transports.tls.certificate_plane_name`).
         """
-        return certificate_plane_name(self._writer.get_extra_info("peercert"))
+        return self._certificate_name
 
     def _broken_error(self) -> TransportBrokenError:
         assert self._broken is not None
