@@ -43,6 +43,7 @@ MODULES = [
     "souverix_crdt.sync.driver",
     "souverix_crdt.store.sqlite",
     "souverix_crdt.transports.tcp",
+    "souverix_crdt.transports.tls",
     "souverix_crdt.transports.nats",
     "souverix_crdt.transports.bundle",
 ]

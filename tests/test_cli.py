@@ -209,6 +209,27 @@ def test_keys_delegate_issues_a_tls_certificate_when_the_ca_key_is_here(fleet: P
     assert not (tls / "edge-a4.pem").exists()
 
 
+def test_keys_tls_renews_certificates_and_makes_a_new_ca(fleet: Path) -> None:
+    tls = fleet / "keys" / "tls"
+    ca = load_certificate(tls / "ca.pem")
+    before = {plane: load_certificate(tls / f"{plane}.pem") for plane in ("global", "edge-a1")}
+    result = ok("keys", "tls", "--keys", fleet / "keys", "--renew", "edge-a1")
+    assert "certificates issued" in result.output
+    assert "edge-a1" in result.output
+    assert load_certificate(tls / "edge-a1.pem") != before["edge-a1"]
+    assert load_certificate(tls / "global.pem") == before["global"]
+    result = ok("keys", "tls", "--keys", fleet / "keys", "--new-ca", "--tls-host", "127.0.0.1")
+    assert "a new TLS CA" in result.output
+    assert load_certificate(tls / "ca.pem") != ca
+    renewed = load_certificate(tls / "global.pem")
+    assert renewed.issuer == load_certificate(tls / "ca.pem").subject
+    line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "nope"))
+    assert "no such plane: nope" in line
+    (fleet / "keys" / "roots" / "tls-ca.key").unlink()
+    line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "global"))
+    assert "no certificate for global" in line
+
+
 def test_keys_delegate_beyond_the_issuers_authority_is_refused(fleet: Path) -> None:
     line = one_line_error(
         run(

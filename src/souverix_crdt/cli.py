@@ -55,7 +55,7 @@ from .keydir import (
     rotate_plane,
     save_revocation,
 )
-from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys
+from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys, save_tls
 from .peer import (
     PeerConfig,
     PeerProcess,
@@ -408,7 +408,47 @@ def _say_tls(keys_dir: Path, name: str) -> None:
     else:
         click.echo(
             f"no TLS certificate for {name}: the fleet CA's private key ({CA_KEY_FILE}) is not "
-            "in this directory; issue it where the CA key is kept"
+            "in this directory; issue it where the CA key is kept (keys tls)"
+        )
+
+
+@keys.command("tls")
+@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--renew", multiple=True, metavar="PLANE", help="Replace this plane's certificate (repeat)."
+)
+@click.option("--new-ca", is_flag=True, help="Replace the TLS CA and every certificate.")
+@click.option("--tls-host", "tls_hosts", multiple=True, metavar="HOST", help="See keys init.")
+@click.option("--days", default=365, show_default=True, help="Validity of new certificates.")
+def keys_tls(
+    *, keys_dir: Path, renew: tuple[str, ...], new_ca: bool, tls_hosts: tuple[str, ...], days: int
+) -> None:
+    """Issue TLS certificates: for planes without one, those given to --renew, or all (--new-ca).
+
+    Needs the TLS CA's private key (roots/tls-ca.key) unless --new-ca makes a new CA.
+    """
+    federation = load_keys(keys_dir)
+    unknown = sorted(set(renew) - set(federation.planes))
+    if unknown:
+        raise click.ClickException(f"--renew: no such plane: {', '.join(unknown)}")
+    if days < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--days")
+    update = save_tls(
+        federation,
+        keys_dir,
+        include_ca_key=bool(federation.root_keys) or (keys_dir / CA_KEY_FILE).exists(),
+        new_ca=new_ca,
+        renew=renew,
+        hosts=tls_hosts,
+        validity_days=days,
+    )
+    made = "a new TLS CA; " if update.created_ca else ""
+    issued = ", ".join(update.issued) or "none"
+    click.echo(f"{made}certificates issued in {keys_dir / TLS_DIR}: {issued}")
+    if update.unissued:
+        raise click.ClickException(
+            f"no certificate for {', '.join(update.unissued)}: the TLS CA's private key "
+            f"({CA_KEY_FILE}) is not in this directory"
         )
 
 
