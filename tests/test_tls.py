@@ -526,6 +526,7 @@ def test_tls_file_errors_name_the_field(tmp_path: Path) -> None:
     shorthand = error("tls: true")
     assert (shorthand.field, shorthand.reason) == ("tls", "missing")
     assert "region-a.pem" in shorthand.detail
+    assert "souverix-crdt keys tls --keys" in shorthand.detail
 
 
 # --------------------------------------------------------------------------- peer processes

@@ -425,8 +425,12 @@ def tls_contexts(config: PeerConfig) -> tuple[SSLContext | None, SSLContext | No
             key=tls.key if tls.mutual else None,
         )
     except KeyFileError as exc:
+        detail = str(exc)
+        if tls.shorthand and exc.reason == "missing":
+            detail += " (make the key directory's TLS material: souverix-crdt keys tls --keys "
+            detail += f"{config.keys})"
         raise ConfigError(
-            file=config.source, field=tls.field_of(exc.path), detail=str(exc), reason=exc.reason
+            file=config.source, field=tls.field_of(exc.path), detail=detail, reason=exc.reason
         ) from exc
     except (SSLError, OSError) as exc:
         raise ConfigError(
