@@ -47,6 +47,7 @@ FIRST = [
     "souverix_crdt.sync.driver",
     "souverix_crdt.store.sqlite",
     "souverix_crdt.transports.tcp",
+    "souverix_crdt.transports.tls",
     "souverix_crdt.transports.nats",
     "souverix_crdt.transports.bundle",
 ]

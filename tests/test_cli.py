@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError
 from souverix_crdt.keyring import load_keys
 from souverix_crdt.peer import load_peer_config, parse_peer_config
+from souverix_crdt.transports.tls import check_key_pair, load_certificate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers"
 TOPOLOGY = EXAMPLE / "topology.yaml"
@@ -107,7 +109,16 @@ def test_keys_init_writes_a_key_directory_with_its_topology(fleet: Path) -> None
     keys = load_keys(fleet / "keys")
     assert list(keys.planes) == ["global", "region-a", "edge-a1"]
     assert (fleet / "keys" / "topology.yaml").read_text() == TOPOLOGY.read_text()
-    assert len(list((fleet / "keys" / "roots").glob("*.key"))) == 1
+    assert len(list((fleet / "keys" / "roots").glob("root-*.key"))) == 1
+    # The TLS material: a CA (its key next to the root keys) and a certificate per plane.
+    assert stat.S_IMODE((fleet / "keys" / "roots" / "tls-ca.key").stat().st_mode) == 0o600
+    assert (fleet / "keys" / "tls" / "ca.pem").is_file()
+    for plane in keys.planes:
+        certificate = check_key_pair(
+            fleet / "keys" / "tls" / f"{plane}.pem", fleet / "keys" / "tls" / f"{plane}.key"
+        )
+        assert certificate.subject.rfc4514_string() == f"CN={plane}"
+        assert stat.S_IMODE((fleet / "keys" / "tls" / f"{plane}.key").stat().st_mode) == 0o600
 
 
 def test_keys_init_is_deterministic_with_a_seed(tmp_path: Path) -> None:
@@ -121,6 +132,9 @@ def test_keys_init_without_a_file_uses_the_packaged_topology(tmp_path: Path) -> 
     assert "edge-b1" in result.output
     assert "not written" in result.output
     assert not list((tmp_path / "keys" / "roots").glob("*.key"))
+    # The CA key is forgotten like the root keys, after it signed every plane's certificate.
+    assert (tmp_path / "keys" / "tls" / "ca.pem").is_file()
+    assert (tmp_path / "keys" / "tls" / "edge-b1.pem").is_file()
 
 
 def test_keys_init_refuses_to_overwrite(fleet: Path) -> None:
@@ -181,6 +195,42 @@ def test_keys_delegate_adds_a_plane_that_can_write(fleet: Path) -> None:
     )
 
 
+def test_keys_delegate_issues_a_tls_certificate_when_the_ca_key_is_here(fleet: Path) -> None:
+    tls = fleet / "keys" / "tls"
+    args = ("keys", "delegate", "--keys", fleet / "keys", "--issuer", "region-a", "--scope")
+    result = ok(*args, "global/region-a/edge-a3", "edge-a3")
+    assert f"TLS certificate for edge-a3: {tls / 'edge-a3.pem'}" in result.output
+    certificate = check_key_pair(tls / "edge-a3.pem", tls / "edge-a3.key")
+    issuer = load_certificate(tls / "ca.pem")
+    assert certificate.issuer == issuer.subject
+    # Where the CA key is kept offline, the plane gets none, and the command says so.
+    (fleet / "keys" / "roots" / "tls-ca.key").unlink()
+    result = ok(*args, "global/region-a/edge-a4", "edge-a4")
+    assert "no TLS certificate for edge-a4" in result.output
+    assert not (tls / "edge-a4.pem").exists()
+
+
+def test_keys_tls_renews_certificates_and_makes_a_new_ca(fleet: Path) -> None:
+    tls = fleet / "keys" / "tls"
+    ca = load_certificate(tls / "ca.pem")
+    before = {plane: load_certificate(tls / f"{plane}.pem") for plane in ("global", "edge-a1")}
+    result = ok("keys", "tls", "--keys", fleet / "keys", "--renew", "edge-a1")
+    assert "certificates issued" in result.output
+    assert "edge-a1" in result.output
+    assert load_certificate(tls / "edge-a1.pem") != before["edge-a1"]
+    assert load_certificate(tls / "global.pem") == before["global"]
+    result = ok("keys", "tls", "--keys", fleet / "keys", "--new-ca", "--tls-host", "127.0.0.1")
+    assert "a new TLS CA" in result.output
+    assert load_certificate(tls / "ca.pem") != ca
+    renewed = load_certificate(tls / "global.pem")
+    assert renewed.issuer == load_certificate(tls / "ca.pem").subject
+    line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "nope"))
+    assert "no such plane: nope" in line
+    (fleet / "keys" / "roots" / "tls-ca.key").unlink()
+    line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "global"))
+    assert "no certificate for global" in line
+
+
 def test_keys_delegate_beyond_the_issuers_authority_is_refused(fleet: Path) -> None:
     line = one_line_error(
         run(
@@ -236,6 +286,7 @@ def test_keys_revoke_stops_the_key_writing(fleet: Path) -> None:
 def test_keys_rotate_moves_authority_to_a_new_key(fleet: Path) -> None:
     ok("peer", "write", "--config", fleet / "region-a.yaml", REGION, "policies", "a", "1")
     old = load_keys(fleet / "keys")["region-a"].key_id
+    old_certificate = load_certificate(fleet / "keys" / "tls" / "region-a.pem")
     result = ok(
         "keys",
         "rotate",
@@ -251,6 +302,9 @@ def test_keys_rotate_moves_authority_to_a_new_key(fleet: Path) -> None:
     assert "=1)" in result.output
     keys = load_keys(fleet / "keys")
     assert keys["region-a"].key_id != old
+    # Its TLS certificate and key were replaced too (the old ones lived on the same machine).
+    assert load_certificate(fleet / "keys" / "tls" / "region-a.pem") != old_certificate
+    assert "TLS certificate for region-a" in result.output
     # The new key writes; what the old one wrote before the cut still counts; the zone below
     # keeps writing through the kept delegation.
     ok("peer", "write", "--config", fleet / "region-a.yaml", REGION, "policies", "b", "2")

@@ -9,6 +9,7 @@ in a finalizer, whatever the test did.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,13 +29,19 @@ from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError, SouverixError
-from souverix_crdt.peer import load_peer_config, open_replica
+from souverix_crdt.peer import PeerConfig, load_peer_config, open_replica
+from souverix_crdt.sync.driver import SessionStats, run_session
+from souverix_crdt.sync.session import SyncSession
 from souverix_crdt.testing.nats_server import NatsServer, nats_server_binary
+from souverix_crdt.transports import tcp
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPT = Path(sys.executable).parent / "souverix-crdt"
 PLANES = ("global", "region-a", "edge-a1")
 EDGE = "global/region-a/edge-a1"
+REGION = "global/region-a"
+#: What the example's .gitignore keeps out of the repository; not copied either.
+IGNORED = ("keys", "data", "*.log", "*.ready")
 #: Longest wait for anything here (a start, a convergence), in seconds: a hang guard.
 DEADLINE = 30.0
 _MISSING = object()
@@ -230,6 +237,9 @@ def test_tcp_peers_converge_as_separate_processes(tmp_path: Path, peers: Peers) 
     ports = {plane: peers.wait_ready(plane)["port"] for plane in PLANES}
     assert ports == {"global": global_port, "region-a": region_port, "edge-a1": None}
     exercise(tmp_path, peers)
+    # The example runs every link inside mutual TLS.
+    assert f"global: listening on 127.0.0.1:{global_port} (mutual TLS)" in peers.log("global")
+    assert "(mutual TLS)" in peers.log("region-a")
 
     # region-a goes away: edge-a1 keeps writing; when region-a is back, the write flows up.
     assert peers.stop("region-a") == 0
@@ -241,6 +251,99 @@ def test_tcp_peers_converge_as_separate_processes(tmp_path: Path, peers: Peers) 
     assert "reconnecting" in peers.log("edge-a1")
     for plane in PLANES:
         assert peers.stop(plane) == 0
+
+
+def test_two_peers_sync_over_mutual_tls_and_refuse_a_plain_tcp_client(
+    tmp_path: Path, peers: Peers
+) -> None:
+    """global and region-a as processes with ``tls: true``; then region-a's own key, over
+    plain TCP, tries to push a write to global: refused, whatever the key is worth."""
+    (global_port,) = free_ports(1)
+
+    def rewrite(plane: str, document: dict[str, Any]) -> None:
+        assert document["tls"] is True
+        if plane == "global":
+            document["listen"] = f"127.0.0.1:{global_port}"
+        if plane == "region-a":
+            # No zone below in this test: region-a only dials.
+            del document["listen"]
+            document["downstream"] = []
+            document["upstream"]["address"] = f"127.0.0.1:{global_port}"
+
+    prepare(EXAMPLES / "tcp-peers", tmp_path, rewrite)
+    for plane in ("global", "region-a"):
+        peers.start(plane)
+        peers.wait_ready(plane)
+    write(tmp_path, "region-a", REGION, "policies", "window", "sat")
+
+    def global_holds(key: str, value: object) -> Callable[[], bool]:
+        def check() -> bool:
+            try:
+                return read(tmp_path, "global", REGION, "policies", key) == value
+            except SouverixError:
+                return False
+
+        return check
+
+    eventually(global_holds("window", "sat"), "region-a's write over mutual TLS", peers)
+    assert "global: synced with region-a" in peers.log("global")
+
+    async def plain_tcp_intruder() -> SessionStats | None:
+        """The session's end, or ``None`` if global took the write first (or time ran out)."""
+        # A second replica of region-a's key, with a write of its own, on its own store.
+        config = PeerConfig(plane="region-a", keys=tmp_path / "keys", store=tmp_path / "x.db")
+        replica = open_replica(config)
+        try:
+            replica.scope(REGION).policies.set("intruder", "yes")
+            transport = await tcp.connect("127.0.0.1", global_port, peer="global")
+            task = asyncio.ensure_future(run_session(SyncSession(replica), transport))
+            deadline = time.monotonic() + DEADLINE
+            while not task.done() and time.monotonic() < deadline:
+                if global_holds("intruder", "yes")():
+                    break
+                await asyncio.sleep(0.05)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+                await transport.close()
+                return None
+            return task.result()
+        finally:
+            replica.close()
+
+    stats = asyncio.run(plain_tcp_intruder())
+    assert stats is not None, "the plain TCP session was served"
+    assert stats.envelopes_sent == 0
+    assert stats.error is not None
+    assert read(tmp_path, "global", REGION, "policies", "intruder") is _MISSING
+    peers.check_alive()
+    for plane in ("global", "region-a"):
+        assert peers.stop(plane) == 0
+
+
+def test_the_tcp_example_script_runs(tmp_path: Path) -> None:
+    """``examples/tcp-peers/run.sh`` from start to end, in a copy with free ports."""
+    copy = tmp_path / "tcp-peers"
+    shutil.copytree(EXAMPLES / "tcp-peers", copy, ignore=shutil.ignore_patterns(*IGNORED))
+    global_port, region_port = free_ports(2)
+    for path in copy.glob("*.yaml"):
+        text = path.read_text().replace("7301", str(global_port))
+        path.write_text(text.replace("7302", str(region_port)))
+    done = subprocess.run(
+        ["bash", "run.sh"],
+        cwd=copy,
+        env={**os.environ, "SOUVERIX_CRDT": str(SCRIPT)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, output + done.stderr.decode(errors="replace")
+    assert "edge-a1-n01" in output
+    assert "(mutual TLS)" in output
+    for plane in PLANES:
+        assert f"{plane}: synced with" in output
 
 
 def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) -> None:

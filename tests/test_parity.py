@@ -6,6 +6,8 @@ included), heals and converges. It runs over:
 
 * ``memory``: sync sessions over the in-memory network;
 * ``tcp``: sync sessions over TCP on 127.0.0.1;
+* ``tcp+tls`` and ``tcp+mtls``: the same inside TLS 1.3 with the fleet CA's certificates, the
+  client checking the server's plane name, and (mutual) the server requiring the client's;
 * ``spool``: sync sessions over the spool-directory transport (frames as files);
 * ``bundle``: signed bundle files and receipts, both ways, no session at all;
 * ``nats``: sync sessions over core NATS, when nats-py and the pinned nats-server are installed
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,16 @@ from souverix_crdt.transports.bundle import (
     import_receipt,
 )
 from souverix_crdt.transports.memory import MemoryNetwork
+from souverix_crdt.transports.tls import (
+    TlsFiles,
+    client_context,
+    key_directory_files,
+    server_context,
+    update_key_directory,
+)
 
 GUARD = 60.0
+FabricFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[Fabric]]
 SEED = 7
 
 
@@ -81,11 +92,32 @@ class MemoryFabric(SessionFabric):
 
 
 class TcpFabric(SessionFabric):
-    """Sessions over TCP on 127.0.0.1: one listening server per upper replica."""
+    """Sessions over TCP on 127.0.0.1: one listening server per upper replica.
 
-    def __init__(self) -> None:
+    With ``tls`` (each plane's TLS files) every connection runs inside TLS; ``mutual`` makes
+    the servers require the clients' certificates.
+    """
+
+    def __init__(
+        self, tls: Callable[[str], TlsFiles] | None = None, *, mutual: bool = False
+    ) -> None:
         super().__init__()
         self.servers: dict[str, tcp.TcpServer] = {}
+        self.tls = tls
+        self.mutual = mutual
+
+    def contexts(
+        self, lower: str, upper: str
+    ) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+        if self.tls is None:
+            return None, None
+        served, dialling = self.tls(upper), self.tls(lower)
+        server = server_context(
+            cert=served.cert, key=served.key, ca=served.ca if self.mutual else None
+        )
+        if not self.mutual:
+            return server, client_context(ca=dialling.ca)
+        return server, client_context(ca=dialling.ca, cert=dialling.cert, key=dialling.key)
 
     async def open(self, lower: Replica, upper: Replica) -> Transport:
         server = self.servers.get(upper.name)
@@ -98,9 +130,18 @@ class TcpFabric(SessionFabric):
                 await run_session(SyncSession(upper), transport)
 
             server = self.servers[upper.name] = await tcp.TcpServer.start(
-                "127.0.0.1", 0, handler=handler
+                "127.0.0.1", 0, handler=handler, ssl=self.contexts(lower.name, upper.name)[0]
             )
-        return await tcp.connect("127.0.0.1", server.port, peer=upper.name)
+        client = self.contexts(lower.name, upper.name)[1]
+        transport = await tcp.connect(
+            "127.0.0.1",
+            server.port,
+            peer=upper.name,
+            ssl=client,
+            server_hostname=upper.name if client is not None else None,
+        )
+        assert transport.tls is (client is not None)
+        return transport
 
     async def close(self) -> None:
         for server in self.servers.values():
@@ -200,6 +241,21 @@ async def tcp_fabric(_: Path) -> AsyncIterator[Fabric]:
         await fabric.close()
 
 
+def tls_fabric(*, mutual: bool) -> FabricFactory:
+    @contextlib.asynccontextmanager
+    async def factory(directory: Path) -> AsyncIterator[Fabric]:
+        update_key_directory(directory / "keys", "souverix-test", PARITY_MEMBERS)
+        fabric = TcpFabric(
+            lambda plane: key_directory_files(directory / "keys", plane), mutual=mutual
+        )
+        try:
+            yield fabric
+        finally:
+            await fabric.close()
+
+    return factory
+
+
 @contextlib.asynccontextmanager
 async def spool_fabric(directory: Path) -> AsyncIterator[Fabric]:
     fabric = SpoolFabric(directory)
@@ -245,11 +301,11 @@ async def nats_fabric(directory: Path) -> AsyncIterator[Fabric]:
             await fabric.close()
 
 
-FabricFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[Fabric]]
-
 FABRICS: dict[str, FabricFactory] = {
     "memory": memory_fabric,
     "tcp": tcp_fabric,
+    "tcp+tls": tls_fabric(mutual=False),
+    "tcp+mtls": tls_fabric(mutual=True),
     "spool": spool_fabric,
     "bundle": bundle_fabric,
     "nats": nats_fabric,

@@ -54,7 +54,7 @@ from .keydir import (
     rotate_plane,
     save_revocation,
 )
-from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys
+from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys, save_tls
 from .naming import describe_writer
 from .peer import (
     PeerConfig,
@@ -69,6 +69,7 @@ from .scope import Autonomy, Scope, Tier
 from .status import LinkState, LinkStatus
 from .store.sqlite import SqliteStore
 from .topology import Topology, default_topology_text, load_topology, parse_topology
+from .transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_files
 
 __all__ = ["cli", "main"]
 
@@ -281,8 +282,17 @@ def _print_planes(federation: FederationKeys, topology: Topology | None) -> None
 @click.option("--roots", default=1, show_default=True, help="Root keys to pin.")
 @click.option("--quorum", default=1, show_default=True, help="Root signatures per root act.")
 @click.option("--days", default=365, show_default=True, help="Validity of every delegation.")
-@click.option("--no-root-keys", is_flag=True, help="Do not write the root private keys.")
+@click.option(
+    "--no-root-keys", is_flag=True, help="Do not write the root (and TLS CA) private keys."
+)
 @click.option("--force", is_flag=True, help="Replace the keys of an existing directory.")
+@click.option(
+    "--tls-host",
+    "tls_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="Also name this host or IP in every TLS certificate (repeat; the plane name always is).",
+)
 def keys_init(
     *,
     topology_file: Path | None,
@@ -293,11 +303,13 @@ def keys_init(
     days: int,
     no_root_keys: bool,
     force: bool,
+    tls_hosts: tuple[str, ...],
 ) -> None:
     """Bootstrap root keys and a delegation for every control plane of TOPOLOGY_FILE.
 
     Without TOPOLOGY_FILE, the brief's topology (packaged with the library) is used. The
-    topology is copied into the directory, so views and peers read it from there.
+    topology is copied into the directory, so views and peers read it from there. A TLS CA
+    and a certificate per plane are made too (tls/), for peers configured with ``tls: true``.
     """
     if topology_file is None:
         text = default_topology_text()
@@ -320,11 +332,21 @@ def keys_init(
             quorum=quorum,
             not_after=None if days == 365 else _window_end(now, days),
         )
-        save_keys(federation, out_dir, include_roots=not no_root_keys)
+        save_keys(
+            federation,
+            out_dir,
+            include_roots=not no_root_keys,
+            new_tls_ca=True,
+            tls_hosts=tls_hosts,
+            tls_validity_days=days,
+        )
         (out_dir / TOPOLOGY_FILE).write_text(text, "utf-8")
     _print_planes(federation, None)
     where = "not written (kept offline)" if no_root_keys else f"in {out_dir / 'roots'}"
-    click.echo(f"wrote {out_dir}: {_count(len(federation.planes), 'plane')}; root keys {where}")
+    click.echo(
+        f"wrote {out_dir}: {_count(len(federation.planes), 'plane')}; root keys {where}; "
+        f"TLS CA and plane certificates in {out_dir / TLS_DIR}"
+    )
 
 
 def _window_end(now_ms: int, days: int) -> Any:
@@ -401,6 +423,58 @@ def keys_delegate(
         f"delegated {creds.delegation.scope} to {name} (key {creds.key_id[:16]}) by {issuer}; "
         f"wrote {keys_dir / 'planes' / (name + '.key')}"
     )
+    _say_tls(keys_dir, name)
+
+
+def _say_tls(keys_dir: Path, name: str) -> None:
+    files = key_directory_files(keys_dir, name)
+    if files.cert.is_file():
+        click.echo(f"TLS certificate for {name}: {files.cert}")
+    else:
+        click.echo(
+            f"no TLS certificate for {name}: the fleet CA's private key ({CA_KEY_FILE}) is not "
+            "in this directory; issue it where the CA key is kept (keys tls)"
+        )
+
+
+@keys.command("tls")
+@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--renew", multiple=True, metavar="PLANE", help="Replace this plane's certificate (repeat)."
+)
+@click.option("--new-ca", is_flag=True, help="Replace the TLS CA and every certificate.")
+@click.option("--tls-host", "tls_hosts", multiple=True, metavar="HOST", help="See keys init.")
+@click.option("--days", default=365, show_default=True, help="Validity of new certificates.")
+def keys_tls(
+    *, keys_dir: Path, renew: tuple[str, ...], new_ca: bool, tls_hosts: tuple[str, ...], days: int
+) -> None:
+    """Issue TLS certificates: for planes without one, those given to --renew, or all (--new-ca).
+
+    Needs the TLS CA's private key (roots/tls-ca.key) unless --new-ca makes a new CA.
+    """
+    federation = load_keys(keys_dir)
+    unknown = sorted(set(renew) - set(federation.planes))
+    if unknown:
+        raise click.ClickException(f"--renew: no such plane: {', '.join(unknown)}")
+    if days < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--days")
+    update = save_tls(
+        federation,
+        keys_dir,
+        include_ca_key=bool(federation.root_keys) or (keys_dir / CA_KEY_FILE).exists(),
+        new_ca=new_ca,
+        renew=renew,
+        hosts=tls_hosts,
+        validity_days=days,
+    )
+    made = "a new TLS CA; " if update.created_ca else ""
+    issued = ", ".join(update.issued) or "none"
+    click.echo(f"{made}certificates issued in {keys_dir / TLS_DIR}: {issued}")
+    if update.unissued:
+        raise click.ClickException(
+            f"no certificate for {', '.join(update.unissued)}: the TLS CA's private key "
+            f"({CA_KEY_FILE}) is not in this directory"
+        )
 
 
 def _parse_cut(items: tuple[str, ...]) -> dict[str, int]:
@@ -529,13 +603,14 @@ def keys_rotate(
     cut = _cut(federation, plane, cut_items, cut_from)
     old = federation[plane].key_id
     updated, delegation, revocation = rotate_plane(federation, plane, cut=cut, now_ms=_now_ms())
-    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
+    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys), renew_tls=(plane,))
     path = save_revocation(keys_dir, revocation)
     shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
     click.echo(
         f"rotated {plane}: key {old[:16]} -> {updated[plane].key_id[:16]}; old key revoked "
         f"(cut {shown}); wrote {path}"
     )
+    _say_tls(keys_dir, plane)
     _apply(apply_to, [delegation], revocation)
 
 

@@ -23,6 +23,13 @@ delegations on every run; never use a seed for a real fleet.
     <dir>/roots/root-<i>.key    root private keys, mode 0600 (omit with include_roots=False)
     <dir>/planes/<name>.key     a plane's private key, mode 0600
     <dir>/planes/<name>.json    its key id and delegation chain (public)
+    <dir>/tls/ca.pem            the fleet's TLS CA certificate (public)
+    <dir>/roots/tls-ca.key      the CA's private key, 0600 (omitted with include_roots=False)
+    <dir>/tls/<name>.pem        a plane's TLS certificate, signed by the CA (public)
+    <dir>/tls/<name>.key        its TLS private key, 0600
+
+The TLS files are :mod:`souverix_crdt.transports.tls`'s: each save gives a certificate to every
+plane that has none, as long as the CA's private key is there to sign it.
 
 :func:`load_keys` refuses private key files that group or others can read, as ssh does.
 """
@@ -34,7 +41,7 @@ import json
 import os
 import stat
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,6 +62,7 @@ from .hlc import Timestamp, system_wall_clock
 from .replica import Identity
 from .scope import Tier
 from .topology import ControlPlaneSpec, Topology
+from .transports.tls import DEFAULT_CERTIFICATE_VALIDITY_DAYS, TlsUpdate, update_key_directory
 
 __all__ = [
     "DEFAULT_VALIDITY_MS",
@@ -64,6 +72,7 @@ __all__ = [
     "capabilities_for",
     "load_keys",
     "save_keys",
+    "save_tls",
 ]
 
 #: Default validity of bootstrapped delegations: one year.
@@ -260,16 +269,35 @@ def _write_public(path: Path, document: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def save_keys(keys: FederationKeys, directory: str | Path, *, include_roots: bool = True) -> Path:
+def save_keys(
+    keys: FederationKeys,
+    directory: str | Path,
+    *,
+    include_roots: bool = True,
+    new_tls_ca: bool = False,
+    renew_tls: Iterable[str] = (),
+    tls_hosts: Sequence[str] = (),
+    tls_validity_days: int = DEFAULT_CERTIFICATE_VALIDITY_DAYS,
+) -> Path:
     """Write ``keys`` to ``directory`` (created 0700); private keys are written 0600.
+
+    The TLS material is brought up to date too (:func:`save_tls`).
 
     Args:
         keys: What to save.
         directory: Where.
-        include_roots: Also write the root private keys (keep them offline otherwise).
+        include_roots: Also write the root private keys and the TLS CA's private key (keep
+            them offline otherwise).
+        new_tls_ca: Make a new TLS CA and certificates for every plane (a new fleet).
+        renew_tls: Planes whose TLS certificate is replaced (a rotated plane).
+        tls_hosts: Extra subjectAltName entries of the certificates issued now.
+        tls_validity_days: Validity of the certificates issued now.
 
     Returns:
         The directory.
+
+    Raises:
+        KeyFileError: the directory's TLS CA files are unusable.
     """
     root = Path(directory)
     for folder in (root, root / "roots", root / "planes"):
@@ -298,7 +326,47 @@ def save_keys(keys: FederationKeys, directory: str | Path, *, include_roots: boo
                 "chain": [link.encode().hex() for link in creds.chain],
             },
         )
+    save_tls(
+        keys,
+        root,
+        include_ca_key=include_roots,
+        new_ca=new_tls_ca,
+        renew=renew_tls,
+        hosts=tls_hosts,
+        validity_days=tls_validity_days,
+    )
     return root
+
+
+def save_tls(
+    keys: FederationKeys,
+    directory: str | Path,
+    *,
+    include_ca_key: bool = True,
+    new_ca: bool = False,
+    renew: Iterable[str] = (),
+    hosts: Sequence[str] = (),
+    validity_days: int = DEFAULT_CERTIFICATE_VALIDITY_DAYS,
+) -> TlsUpdate:
+    """Give every plane of ``keys`` a TLS certificate in ``directory``; say what was done.
+
+    A directory without a CA gets one; planes without a certificate (and those in ``renew``)
+    get one when the CA's private key is in the directory, and are listed as ``unissued``
+    otherwise. See :func:`~souverix_crdt.transports.tls.update_key_directory`.
+
+    Raises:
+        KeyFileError: the directory's TLS CA files are unusable.
+    """
+    return update_key_directory(
+        directory,
+        keys.fleet_id,
+        keys.planes,
+        include_ca_key=include_ca_key,
+        new_ca=new_ca,
+        renew=renew,
+        hosts=hosts,
+        validity_days=validity_days,
+    )
 
 
 def _read_private(path: Path) -> SigningKey:

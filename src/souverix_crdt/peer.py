@@ -11,11 +11,23 @@ relative paths are read from the file's own folder::
     nats: nats://127.0.0.1:4222         # nats: the server (or leaf node) this plane uses
     upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
     downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
+    tls: true                           # tcp: mutual TLS with the key directory's certificates
     sync:                               # all optional
       batch_size: 100
       tick: 5s                          # silence after which a session re-sends its hello
       retry: {initial: 200ms, maximum: 5s}
       watch: 250ms                      # how often the store is checked for outside writes
+
+TLS (TCP only)
+    ``tls: true`` runs every connection inside TLS 1.3 with the key directory's material
+    (``keys/tls/ca.pem``, ``keys/tls/<plane>.pem`` and ``.key``, made by ``keys init``), mutual:
+    the server requires a client certificate from the fleet CA and the dialler checks that
+    the server's certificate names the upstream plane. Other files, or one-way TLS::
+
+        tls: {ca: tls/ca.pem, cert: tls/region-a.pem, key: tls/region-a.key, mutual: true}
+
+    With mutual TLS a server also checks that the plane a client's certificate names is the
+    plane its session authenticates as, and refuses the session otherwise.
 
 Sessions
     Over TCP the lower plane dials its upstream (:func:`~.transports.tcp.connect_with_backoff`)
@@ -51,6 +63,7 @@ import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from ssl import SSLContext, SSLError
 from typing import Any, Final
 
 import attrs
@@ -58,7 +71,7 @@ import yaml
 
 from .authority import Grant
 from .backoff import Backoff
-from .errors import ConfigError, SouverixError, TransportError, UnknownPlaneError
+from .errors import ConfigError, KeyFileError, SouverixError, TransportError, UnknownPlaneError
 from .keydir import load_revocations
 from .keyring import FederationKeys, load_keys
 from .replica import IngestOutcome, Replica
@@ -69,7 +82,8 @@ from .sync.driver import SessionStats, run_session
 from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
 from .topology import parse_duration
 from .transports.base import Transport
-from .transports.tcp import TcpServer, connect_with_backoff
+from .transports.tcp import TcpServer, TcpTransport, connect_with_backoff
+from .transports.tls import client_context, key_directory_files, server_context
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -77,12 +91,14 @@ __all__ = [
     "PeerConfig",
     "PeerLink",
     "PeerProcess",
+    "PeerTls",
     "describe_peers",
     "learn_key_directory",
     "link_record",
     "load_peer_config",
     "open_replica",
     "parse_peer_config",
+    "tls_contexts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,11 +110,23 @@ LINK_META_PREFIX: Final = "peer-link:"
 #: The address a TCP peer listens on when its config gives only a port.
 DEFAULT_HOST: Final = "127.0.0.1"
 _TOP_FIELDS: Final = frozenset(
-    {"plane", "keys", "store", "transport", "listen", "nats", "upstream", "downstream", "sync"}
+    {
+        "plane",
+        "keys",
+        "store",
+        "transport",
+        "listen",
+        "nats",
+        "upstream",
+        "downstream",
+        "sync",
+        "tls",
+    }
 )
 _SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch"})
 _RETRY_FIELDS: Final = frozenset({"initial", "maximum"})
 _LINK_FIELDS: Final = frozenset({"name", "address"})
+_TLS_FIELDS: Final = frozenset({"ca", "cert", "key", "mutual"})
 _TRANSPORTS: Final = ("tcp", "nats")
 # Envelopes read from the store per ingest call when taking in writes made by other processes.
 _WATCH_PAGE: Final = 256
@@ -125,6 +153,34 @@ class PeerLink:
 
 
 @attrs.frozen(kw_only=True)
+class PeerTls:
+    """How a TCP peer runs its connections inside TLS.
+
+    Attributes:
+        ca: The fleet CA certificate: servers and clients are verified against it alone.
+        cert: This plane's certificate, presented when serving and (mutual) when dialling.
+        key: Its private key.
+        mutual: Servers require a client certificate; diallers present theirs.
+        shorthand: Given as ``tls: true`` (the files are the key directory's): errors then
+            name the field ``tls`` rather than ``tls.ca``...
+    """
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    mutual: bool = True
+    shorthand: bool = False
+
+    def field_of(self, path: str) -> str:
+        """The config field that names file ``path``."""
+        if not self.shorthand:
+            for field in ("ca", "cert", "key"):
+                if str(getattr(self, field)) == path:
+                    return f"tls.{field}"
+        return "tls"
+
+
+@attrs.frozen(kw_only=True)
 class PeerConfig:
     """A validated peer config (see the module documentation for the file).
 
@@ -142,6 +198,7 @@ class PeerConfig:
         tick_s: Seconds of silence after which a session re-sends its hello.
         retry: The reconnect schedule.
         watch_s: Seconds between looks at the store for writes of other processes.
+        tls: TLS for TCP connections, or ``None`` for plain TCP.
         source: The file it was read from.
     """
 
@@ -158,6 +215,7 @@ class PeerConfig:
     tick_s: float = 5.0
     retry: Backoff = DEFAULT_RETRY
     watch_s: float = 0.25
+    tls: PeerTls | None = None
     source: str = "<string>"
 
     @property
@@ -323,6 +381,78 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
         return " ".join(f"{where}{problem}".split())
     return " ".join(str(exc).split())
+def _tls(
+    read: _Reader, top: dict[str, Any], folder: Path, keys: Path, plane: str
+) -> dict[str, Any]:
+    value = top.get("tls")
+    if value is None or value is False:
+        return {}
+    if top.get("transport", "tcp") != "tcp":
+        raise read.fail("tls", "only for transport: tcp")
+    if value is True:
+        # The key directory's material for this plane, as keys init writes it.
+        files = key_directory_files(keys, plane)
+        tls = PeerTls(ca=files.ca, cert=files.cert, key=files.key, mutual=True, shorthand=True)
+        return {"tls": tls}
+    if not isinstance(value, dict):
+        raise read.fail(
+            "tls", f"expected true, false or a mapping of {{ca, cert, key, mutual}}, got {value!r}"
+        )
+    item = read.mapping(value, "tls", _TLS_FIELDS)
+    if "ca" not in item:
+        raise read.fail("tls.ca", "missing (the fleet CA certificate)", "missing")
+    mutual = item.get("mutual", True)
+    if not isinstance(mutual, bool):
+        raise read.fail("tls.mutual", f"expected true or false, got {mutual!r}", "type")
+    paths = {
+        field: folder / read.text(item[field], f"tls.{field}")
+        for field in ("ca", "cert", "key")
+        if field in item
+    }
+    for field, other in (("cert", "key"), ("key", "cert")):
+        if field in paths and other not in paths:
+            raise read.fail(f"tls.{other}", f"missing (tls.{field} needs it)", "missing")
+    if "cert" not in paths:
+        if "listen" in top:
+            raise read.fail("tls.cert", "missing: a plane that listens presents one", "missing")
+        if mutual:
+            raise read.fail("tls.cert", "missing: mutual TLS presents one", "missing")
+    tls = PeerTls(ca=paths["ca"], cert=paths.get("cert"), key=paths.get("key"), mutual=mutual)
+    return {"tls": tls}
+
+
+def tls_contexts(config: PeerConfig) -> tuple[SSLContext | None, SSLContext | None]:
+    """The ``(server, client)`` TLS contexts of a peer config; ``(None, None)`` without TLS.
+
+    Raises:
+        ConfigError: a TLS file is missing, unreadable or readable by others, or a key does
+            not match its certificate; the error names the config field.
+    """
+    tls = config.tls
+    if tls is None:
+        return None, None
+    try:
+        server = None
+        if tls.cert is not None and tls.key is not None:
+            server = server_context(cert=tls.cert, key=tls.key, ca=tls.ca if tls.mutual else None)
+        client = client_context(
+            ca=tls.ca,
+            cert=tls.cert if tls.mutual else None,
+            key=tls.key if tls.mutual else None,
+        )
+    except KeyFileError as exc:
+        detail = str(exc)
+        if tls.shorthand and exc.reason == "missing":
+            detail += " (make the key directory's TLS material: souverix-crdt keys tls --keys "
+            detail += f"{config.keys})"
+        raise ConfigError(
+            file=config.source, field=tls.field_of(exc.path), detail=detail, reason=exc.reason
+        ) from exc
+    except (SSLError, OSError) as exc:
+        raise ConfigError(
+            file=config.source, field="tls", detail=f"unusable TLS material: {exc}"
+        ) from exc
+    return server, client
 
 
 def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = None) -> PeerConfig:
@@ -343,14 +473,16 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
     folder = Path() if base is None else base
     plane = read.text(top["plane"], "plane")
     links = _links(read, top, plane, dialled=top.get("transport", "tcp") == "tcp")
+    keys = folder / read.text(top["keys"], "keys")
     return PeerConfig(
         plane=plane,
-        keys=folder / read.text(top["keys"], "keys"),
+        keys=keys,
         store=folder / read.text(top["store"], "store"),
         source=file,
         **links,
         **_transport(read, top, has_downstream=bool(links["downstream"])),
         **_sync(read, top.get("sync")),
+        **_tls(read, top, folder, keys, plane),
     )
 
 
@@ -449,11 +581,13 @@ def link_record(replica: Replica, peer: str) -> dict[str, Any] | None:
 
 @attrs.define
 class _SessionLog:
-    """What one session last reported."""
+    """What one session last reported, and the plane its TLS certificate names."""
 
     expected: str | None
     logged: tuple[int, int] | None = None
     settled: bool = False
+    certificate_required: bool = False
+    certificate: str | None = None
 
 
 class _Observed(Transport):
@@ -508,6 +642,8 @@ class PeerProcess:
         self._nats: Any = None
         self._tried: dict[tuple[str, str], int] = {}
         self._authority_seen = (-1, -1)
+        self._server_tls: SSLContext | None = None
+        self._client_tls: SSLContext | None = None
 
     @property
     def port(self) -> int | None:
@@ -529,6 +665,8 @@ class PeerProcess:
             TransportError: the NATS server cannot be reached.
         """
         config = self.config
+        # TLS files are checked first: a bad one names its field before the store is touched.
+        self._server_tls, self._client_tls = tls_contexts(config)
         keys = load_keys(config.keys)
         replica = open_replica(config, keys=keys)
         self.replica = replica
@@ -559,7 +697,10 @@ class PeerProcess:
             address = f"{config.listen_host}:{config.listen_port}"
             try:
                 self.server = await TcpServer.start(
-                    config.listen_host, config.listen_port, handler=self._serve
+                    config.listen_host,
+                    config.listen_port,
+                    handler=self._serve,
+                    ssl=self._server_tls,
                 )
             except OSError as exc:
                 # Name the field to change: the bare socket error says neither file nor field.
@@ -572,7 +713,10 @@ class PeerProcess:
                     detail=f"cannot listen on {address}: {cause}",
                     reason="listen",
                 ) from exc
-            self.say(f"listening on {config.listen_host}:{self.server.port}")
+            secured = ""
+            if config.tls is not None:
+                secured = " (mutual TLS)" if config.tls.mutual else " (TLS)"
+            self.say(f"listening on {config.listen_host}:{self.server.port}{secured}")
         upstream = config.upstream
         if upstream is not None:
             self._tasks.append(asyncio.ensure_future(self._dial_loop(upstream)))
@@ -652,8 +796,16 @@ class PeerProcess:
 
         async def dial() -> Transport:
             nonlocal announced
+            # With TLS the upstream's certificate must name the plane we mean to reach.
+            tls = self._client_tls
             transport = await connect_with_backoff(
-                host, port, backoff=self.config.retry, sleep=sleep, peer=link.name
+                host,
+                port,
+                backoff=self.config.retry,
+                sleep=sleep,
+                peer=link.name,
+                ssl=tls,
+                server_hostname=link.name if tls is not None else None,
             )
             announced = False
             return transport
@@ -681,26 +833,41 @@ class PeerProcess:
             await asyncio.sleep(self.config.retry.delay(0, self._rng))
 
     async def _serve(self, transport: Transport) -> None:
-        stats = await self._session(transport, expected=None)
+        state = _SessionLog(None)
+        if self.config.tls is not None and self.config.tls.mutual:
+            # Verified by the handshake; the session must then authenticate as that plane.
+            state.certificate_required = True
+            if isinstance(transport, TcpTransport):
+                state.certificate = transport.peer_certificate_name
+        stats = await self._session(transport, expected=None, state=state)
         self.say(f"session from {transport.peer} ended ({stats.reason.value})")
 
-    async def _session(self, transport: Transport, *, expected: str | None) -> SessionStats:
+    async def _session(
+        self, transport: Transport, *, expected: str | None, state: _SessionLog | None = None
+    ) -> SessionStats:
         replica = self.replica
         assert replica is not None
         allowed = {link.name for link in self.config.peers}
+        state = _SessionLog(expected) if state is None else state
 
         def accept(grant: Grant) -> bool:
             # Judged on the peer's verified chain during the handshake, before any frontier,
             # authority item or envelope moves: a dialled link must reach the plane it dialled,
-            # and a served one must be a configured peer.
+            # a served one must be a configured peer, and over mutual TLS the session's plane
+            # must be the one its certificate names.
             name = grant.plane
-            ok = name in allowed and (expected is None or name == expected)
-            if not ok:
+            if name not in allowed or (expected is not None and name != expected):
                 self.say(f"refusing a session with {name!r}: not a configured peer here")
-            return ok
+                return False
+            if state.certificate_required and name != state.certificate:
+                self.say(
+                    f"refusing a session with {name!r}: "
+                    f"its TLS certificate names {state.certificate!r}"
+                )
+                return False
+            return True
 
         session = SyncSession(replica, batch_size=self.config.batch_size, accept=accept)
-        state = _SessionLog(expected)
         observed = _Observed(transport, lambda: self._observe(session, state))
         task = asyncio.ensure_future(
             run_session(session, observed, tick_interval=self.config.tick_s)
@@ -830,4 +997,6 @@ def describe_peers(config: PeerConfig) -> Mapping[str, str]:
             reached[link.name] = f"dials {link.address}"
         else:
             reached[link.name] = f"dials in to {config.listen_host}:{config.listen_port}"
+        if config.transport == "tcp" and config.tls is not None:
+            reached[link.name] += " over mutual TLS" if config.tls.mutual else " over TLS"
     return reached

@@ -52,6 +52,7 @@ from souverix_crdt.errors import (
 )
 
 from .base import DEFAULT_MAX_FRAME, Transport
+from .tls import certificate_plane_name
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -154,6 +155,10 @@ class TcpTransport(Transport):
         # cancelled between the two reads leaves it here, and the next receive reads the body,
         # so cancelling a receive never loses (or misframes) anything.
         self._pending_size: int | None = None
+        # Read once, now that the handshake is done: asyncio's TLS transport forgets its
+        # connection details once closed.
+        self._tls = writer.get_extra_info("ssl_object") is not None
+        self._certificate_name = certificate_plane_name(writer.get_extra_info("peercert"))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._broken else "open"
@@ -169,7 +174,17 @@ class TcpTransport(Transport):
     @property
     def tls(self) -> bool:
         """Whether the connection runs inside TLS."""
-        return self._writer.get_extra_info("ssl_object") is not None
+        return self._tls
+
+    @property
+    def peer_certificate_name(self) -> str | None:
+        """The plane named by the peer's verified TLS certificate, or ``None``.
+
+        ``None`` without TLS, when the peer presented no certificate (a server without mutual
+        TLS asks for none), or when its certificate names no plane (see
+        :func:`~souverix_crdt.transports.tls.certificate_plane_name`).
+        """
+        return self._certificate_name
 
     def _broken_error(self) -> TransportBrokenError:
         assert self._broken is not None
