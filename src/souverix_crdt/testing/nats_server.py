@@ -291,12 +291,16 @@ class NatsServer:
                 lines.append(f'  reconnect: "{int(self.leaf_reconnect * 1000)}ms"')
                 urls = ", ".join(_quote(url) for url in self.leaf_remotes)
                 lines.append(f"  remotes: [ {{ urls: [ {urls} ] }} ]")
-            lines.extend(f"  include {_quote(str(path))}" for path in self.leafnode_include)
+            lines.extend(f"  include {self._relative(path)}" for path in self.leafnode_include)
             lines.append("}")
-        lines.extend(f"include {_quote(str(path))}" for path in self.include)
+        lines.extend(f"include {self._relative(path)}" for path in self.include)
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
+
+    def _relative(self, path: Path) -> str:
+        # The server reads an include relative to the including file, even an absolute path.
+        return _quote(os.path.relpath(path, self.directory.resolve()))
 
     # ------------------------------------------------------------------ lifecycle
 
