@@ -650,12 +650,14 @@ class PeerProcess:
         refusals: set[str] = set()
 
         async def on_error(error: Exception) -> None:
-            # The server refused something (a permissions violation keeps the connection); say
-            # each kind once, loudly, instead of letting sessions time out without a word.
+            # A refusal (a permissions violation keeps the connection open) is said once per
+            # subject, loudly, instead of letting sessions time out without a word; so is each
+            # kind of connection error while reconnecting.
             text = str(error)
-            if text not in refusals:
+            if text not in refusals and len(refusals) < 100:
                 refusals.add(text)
-                self.say(f"NATS server {url} refused: {text}")
+                refused = "violation" in text.lower()
+                self.say(f"NATS server {url} {'refused' if refused else 'error'}: {text}")
 
         async def on_closed() -> None:
             if self._nats is not None:
