@@ -24,10 +24,14 @@ pytest.importorskip("bcrypt", reason="bcrypt is not installed (pip install -e '.
 
 import nats
 import nats.errors
+from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from souverix_crdt.errors import TransportError
+from souverix_crdt.backoff import Backoff
+from souverix_crdt.cli import cli
+from souverix_crdt.errors import ConfigError, TransportError
+from souverix_crdt.peer import PeerConfig, PeerLink, PeerProcess, parse_peer_config
 from souverix_crdt.testing.nats_server import (
     NatsServer,
     TcpProxy,
@@ -53,6 +57,7 @@ from souverix_crdt.transports.nats_auth import (
     write_fleet_credentials,
 )
 
+TOPOLOGY = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers" / "topology.yaml"
 FLEET = "auth-fleet"
 SUBJECTS = Subjects(FLEET)
 PLANES = {
@@ -498,5 +503,123 @@ def test_store_and_forward_through_the_leaf_works_with_each_planes_own_login(
                 await closable.close()
             for connection in (region, edge, operator):
                 await connection.close()
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- peer processes
+
+BASE = "plane: edge-a1\nkeys: k\nstore: s\ntransport: nats\n"
+
+
+def test_a_peer_config_names_its_nats_user_and_password_file(tmp_path: Path) -> None:
+    text = BASE + "nats: {url: 'nats://127.0.0.1:4243', user: edge-a1, password_file: a/e.pw}\n"
+    config = parse_peer_config(text, file="peer.yaml", base=tmp_path)
+    assert (config.nats_url, config.nats_user) == ("nats://127.0.0.1:4243", "edge-a1")
+    assert config.nats_password_file == tmp_path / "a" / "e.pw"
+    plain = parse_peer_config(BASE + "nats: nats://127.0.0.1:4243\n", file="peer.yaml")
+    assert (plain.nats_user, plain.nats_password_file) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("nats_field", "field", "detail"),
+    [
+        ("{user: e, password_file: p}", "nats.url", "missing"),
+        ("{url: 'nats://h:1', user: e}", "nats.password_file", "missing"),
+        ("{url: 'nats://h:1', password_file: p}", "nats.user", "missing"),
+        ("{url: 'nats://h:1', user: e, password: hunter2}", "nats.password", "unknown field"),
+        ("{url: 'http://h:1'}", "nats.url", "nats:// URL"),
+        ("'nats://e:hunter2@h:1'", "nats", "no credentials in the URL"),
+        ("{url: 'nats://h:1', user: '', password_file: p}", "nats.user", "non-empty"),
+    ],
+)
+def test_nats_login_errors_name_the_field(nats_field: str, field: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_peer_config(BASE + f"nats: {nats_field}\n", file="peer.yaml")
+    assert caught.value.field == field
+    assert detail in str(caught.value)
+
+
+@pytest.fixture
+def single(tmp_path: Path, server_binary: Path) -> Iterator[tuple[NatsServer, Path, Path]]:
+    """One server with the example fleet's users, its auth directory and a key directory."""
+    keys = tmp_path / "keys"
+    result = CliRunner().invoke(
+        cli, ["keys", "init", str(TOPOLOGY), "--out", str(keys), "--seed", "auth"]
+    )
+    assert result.exit_code == 0, result.output
+    auth = tmp_path / "auth"
+    result = CliRunner().invoke(
+        cli, ["nats", "credentials", str(TOPOLOGY), "--out", str(auth), "--rounds", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    with NatsServer(
+        tmp_path / "server",
+        name="single",
+        domain="single",
+        include=[auth / "authorization.conf"],
+        binary=server_binary,
+    ) as server:
+        yield server, auth, keys
+
+
+def edge_config(server: NatsServer, keys: Path, password_file: Path, peer: str) -> PeerConfig:
+    return PeerConfig(
+        plane="edge-a1",
+        keys=keys,
+        store=keys.parent / "edge.sqlite3",
+        transport="nats",
+        nats_url=server.url,
+        nats_user="edge-a1",
+        nats_password_file=password_file,
+        upstream=PeerLink(name=peer),
+        retry=Backoff(initial=0.01, maximum=0.05),
+    )
+
+
+def test_a_refused_login_stops_the_peer_with_a_clear_error(
+    single: tuple[NatsServer, Path, Path],
+) -> None:
+    server, auth, keys = single
+    wrong = keys.parent / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        process = PeerProcess(edge_config(server, keys, wrong, "region-a"), log=lines.append)
+        with pytest.raises(TransportError) as caught:
+            await process.start()  # refused at once, not retried forever
+        assert caught.value.reason == "unauthorized"
+        assert "edge-a1" in str(caught.value)
+        assert str(wrong) in str(caught.value)
+        missing = PeerProcess(edge_config(server, keys, auth / "nobody.password", "region-a"))
+        with pytest.raises(ConfigError) as config_error:
+            await missing.start()
+        assert config_error.value.field == "nats.password_file"
+
+    run(scenario())
+
+
+def test_a_refused_subscription_is_logged(single: tuple[NatsServer, Path, Path]) -> None:
+    """A plane configured with a peer it has no grant for is told so in its log."""
+    server, auth, keys = single
+    lines: list[str] = []
+
+    async def scenario() -> None:
+        # edge-a1 may only talk to region-a: a session with global is refused by the server.
+        config = edge_config(server, keys, auth / "edge-a1.password", "global")
+        process = PeerProcess(config, log=lines.append)
+        await process.start()
+        try:
+            for _ in range(500):
+                if any("refused:" in line and "violation" in line for line in lines):
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await process.stop()
+        assert any("connected to NATS" in line and "as edge-a1" in line for line in lines)
+        refused = [line for line in lines if "NATS server" in line and "refused:" in line]
+        assert refused, lines
+        assert "souverix.souverix-example.sync.global.edge-a1" in refused[0]
 
     run(scenario())

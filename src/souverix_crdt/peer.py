@@ -632,6 +632,7 @@ class PeerProcess:
     async def _start_nats(self, fleet_id: str) -> None:
         # nats-py is the optional ``nats`` extra: imported only by planes configured for it.
         import nats  # noqa: PLC0415
+        from nats.aio.client import Client  # noqa: PLC0415
 
         from .transports.nats import NatsTransport, Subjects  # noqa: PLC0415
         from .transports.nats_auth import inbox_prefix  # noqa: PLC0415
@@ -648,12 +649,20 @@ class PeerProcess:
                 "inbox_prefix": inbox_prefix(user),
             }
         refusals: set[str] = set()
+        unauthorized: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
         async def on_error(error: Exception) -> None:
+            text = str(error)
+            if isinstance(error, nats.errors.AuthorizationError) or (
+                "authorization violation" in text.lower()
+            ):
+                # Retrying cannot help: the user or its password is wrong (or was rotated).
+                if not unauthorized.done():
+                    unauthorized.set_result(error)
+                return
             # A refusal (a permissions violation keeps the connection open) is said once per
             # subject, loudly, instead of letting sessions time out without a word; so is each
-            # kind of connection error while reconnecting.
-            text = str(error)
+            # kind of connection error while (re)connecting.
             if text not in refusals and len(refusals) < 100:
                 refusals.add(text)
                 refused = "violation" in text.lower()
@@ -664,34 +673,39 @@ class PeerProcess:
                 last = getattr(self._nats, "last_error", None)
                 self.say(f"NATS connection to {url} closed for good (last error: {last!r})")
 
-        attempt = 0
-        while True:
-            try:
-                self._nats = await nats.connect(
-                    servers=[url],
-                    name=self.config.plane,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    error_cb=on_error,
-                    closed_cb=on_closed,
-                    **login,
-                )
-                break
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
-                if isinstance(exc, nats.errors.AuthorizationError) or (
-                    "authorization violation" in str(exc).lower()
-                ):
-                    # Retrying cannot help: the user or its password is wrong (or rotated).
-                    raise TransportError(
-                        f"NATS server {url} refused the login of user {user!r} "
-                        f"(password from {self.config.nats_password_file}): {exc}",
-                        reason="unauthorized",
-                    ) from exc
-                if attempt == 0:
-                    self.say(f"NATS server {url} unreachable ({exc}); retrying")
-                await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
-                attempt += 1
+        client = Client()
+        # nats-py retries the first connection itself, forever (max_reconnect_attempts=-1),
+        # reporting each failure to error_cb; a refused login ends the wait instead.
+        connecting = asyncio.ensure_future(
+            client.connect(
+                servers=[url],
+                name=self.config.plane,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # a float works
+                error_cb=on_error,
+                closed_cb=on_closed,
+                **login,
+            )
+        )
+        try:
+            waits: list[asyncio.Future[Any]] = [connecting, unauthorized]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait([connecting])
+        if unauthorized.done() or connecting.cancelled():
+            with contextlib.suppress(Exception):
+                await client.close()
+            error = unauthorized.result() if unauthorized.done() else None
+            raise TransportError(
+                f"NATS server {url} refused the login of user {user!r} "
+                f"(password from {self.config.nats_password_file}): {error}",
+                reason="unauthorized",
+            ) from error
+        connecting.result()  # nothing else ends it: it raises only what is a bug
+        self._nats = client
         self.say(f"connected to NATS at {url}" + (f" as {user}" if user else ""))
         subjects = Subjects(fleet_id)
         connection = self._nats
