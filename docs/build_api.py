@@ -44,6 +44,7 @@ MODULES = [
     "souverix_crdt.store.sqlite",
     "souverix_crdt.transports.tcp",
     "souverix_crdt.transports.nats",
+    "souverix_crdt.transports.nats_auth",
     "souverix_crdt.transports.bundle",
 ]
 OUTPUT = Path(__file__).resolve().parent / "api"
