@@ -49,6 +49,7 @@ FIRST = [
     "souverix_crdt.transports.tcp",
     "souverix_crdt.transports.tls",
     "souverix_crdt.transports.nats",
+    "souverix_crdt.transports.nats_auth",
     "souverix_crdt.transports.bundle",
 ]
 OUTPUT = Path(__file__).resolve().parent / "api"

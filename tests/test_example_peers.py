@@ -352,6 +352,12 @@ def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) ->
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     example = EXAMPLES / "nats-peers"
+    # The fleet's NATS users, as run.sh writes them (the servers include auth/*.conf).
+    auth = tmp_path / "auth"
+    cli_ok(
+        "nats", "credentials", EXAMPLES / "tcp-peers" / "topology.yaml", "--out", auth,
+        "--leaf", "a1=127.0.0.1:7442", "--rounds", "4",
+    )  # fmt: skip
     # The checked-in server configs are valid (tested in a copy: -t creates no store there).
     for name in ("hub.conf", "leaf.conf"):
         shutil.copy(example / name, tmp_path / name)
@@ -360,15 +366,20 @@ def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) ->
         )
         assert checked.returncode == 0, checked.stderr
     servers = tmp_path / "servers"
-    hub = NatsServer(servers, name="hub", domain="hub", leafnode_listen=True, binary=binary)
+    hub = NatsServer(
+        servers, name="hub", domain="hub", leafnode_listen=True, binary=binary,
+        include=[auth / "authorization.conf"], leafnode_include=[auth / "leafnodes-auth.conf"],
+    )  # fmt: skip
     leaf: NatsServer | None = None
     try:
         hub.start()
+        password = (auth / "leaf-a1.password").read_text().strip()
         leaf = NatsServer(
             servers,
             name="leaf-a1",
             domain="leaf-a1",
-            leaf_remotes=[f"nats-leaf://127.0.0.1:{hub.leafnode_port}"],
+            leaf_remotes=[f"nats-leaf://leaf-a1:{password}@127.0.0.1:{hub.leafnode_port}"],
+            include=[auth / "authorization.conf"],
             binary=binary,
         ).start()
         hub.wait_for_leaf_connections(1)
@@ -376,7 +387,9 @@ def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) ->
 
         def rewrite(plane: str, document: dict[str, Any]) -> None:
             assert document["transport"] == "nats"
-            document["nats"] = urls[plane]
+            assert document["nats"]["user"] == plane
+            assert document["nats"]["password_file"] == f"auth/{plane}.password"
+            document["nats"]["url"] = urls[plane]
 
         prepare(example, tmp_path, rewrite)
         for plane in PLANES:
@@ -384,7 +397,8 @@ def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) ->
         for plane in PLANES:
             assert peers.wait_ready(plane)["port"] is None
         exercise(tmp_path, peers)
-        assert "connected to NATS at " + leaf.url in peers.log("edge-a1")
+        assert f"connected to NATS at {leaf.url} as edge-a1" in peers.log("edge-a1")
+        assert "violation" not in peers.log("edge-a1").lower()
         peers.stop_all()
     finally:
         peers.stop_all()

@@ -10,8 +10,9 @@ included), heals and converges. It runs over:
   client checking the server's plane name, and (mutual) the server requiring the client's;
 * ``spool``: sync sessions over the spool-directory transport (frames as files);
 * ``bundle``: signed bundle files and receipts, both ways, no session at all;
-* ``nats``: sync sessions over core NATS, when nats-py and the pinned nats-server are installed
-  (skipped otherwise, saying why).
+* ``nats``: sync sessions over core NATS, each plane logged in as itself under the fleet's
+  nats-server authorization, when nats-py and the pinned nats-server are installed (skipped
+  otherwise, saying why).
 
 Every run must end with every replica in the same state, and with the same digests as every
 other transport. A new transport joins by adding a fabric factory to ``FABRICS``.
@@ -33,6 +34,7 @@ import pytest
 
 from souverix_crdt.replica import Replica
 from souverix_crdt.testing.parity import (
+    PARITY_LINKS,
     PARITY_MEMBERS,
     Fabric,
     ParityOutcome,
@@ -59,6 +61,7 @@ from souverix_crdt.transports.tls import (
 
 GUARD = 60.0
 FabricFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[Fabric]]
+NATS_FLEET = "parity"
 SEED = 7
 
 
@@ -184,31 +187,46 @@ class BundleFabric:
 
 
 class NatsFabric(SessionFabric):
-    """Sessions over core NATS through one local nats-server (fresh subjects per session)."""
+    """Sessions over core NATS through one local nats-server, each plane logged in as itself.
 
-    def __init__(self, url: str) -> None:
+    The server runs the fleet's authorization (one user per plane, allowed only its own
+    session subjects), so the scenario shows that the permissions leave honest sync whole.
+    """
+
+    def __init__(self, url: str, credentials: Any) -> None:
         super().__init__()
+        from souverix_crdt.transports.nats import Subjects  # noqa: PLC0415
+
         self.url = url
+        self.credentials = credentials
+        self.subjects = Subjects(NATS_FLEET)
         self.connections: dict[str, Any] = {}
-        self.count = itertools.count()
 
     async def _connection(self, name: str) -> Any:
         import nats  # noqa: PLC0415 - optional dependency
 
+        from souverix_crdt.transports.nats_auth import inbox_prefix  # noqa: PLC0415
+
         if name not in self.connections:
-            self.connections[name] = await nats.connect(self.url)
+            self.connections[name] = await nats.connect(
+                self.url,
+                user=name,
+                password=self.credentials.password(name),
+                inbox_prefix=inbox_prefix(name),
+            )
         return self.connections[name]
 
     async def open(self, lower: Replica, upper: Replica) -> Transport:
-        from souverix_crdt.transports.nats import NatsTransport, Subjects  # noqa: PLC0415
+        from souverix_crdt.transports.nats import NatsTransport  # noqa: PLC0415
 
-        # Fresh subjects per session: a late close of an earlier one cannot reach this one.
-        subjects = Subjects(f"parity-{next(self.count)}")
+        # One fleet's subjects for every session (the permissions name them): the previous
+        # session's close was flushed before it ended, and a new subscription sees nothing
+        # published before it.
         theirs = await NatsTransport.open(
-            await self._connection(upper.name), subjects, local=upper.name, peer=lower.name
+            await self._connection(upper.name), self.subjects, local=upper.name, peer=lower.name
         )
         ours = await NatsTransport.open(
-            await self._connection(lower.name), subjects, local=lower.name, peer=upper.name
+            await self._connection(lower.name), self.subjects, local=lower.name, peer=upper.name
         )
         # Core NATS drops what no subscription is there to receive: both ends subscribe
         # before either side's session says hello.
@@ -270,30 +288,44 @@ async def bundle_fabric(directory: Path) -> AsyncIterator[Fabric]:
     yield BundleFabric(directory)
 
 
-def nats_server_or_skip(directory: Path) -> Any:
-    """A started nats-server, or a clean skip when NATS is not installed here."""
+def nats_server_or_skip(directory: Path) -> tuple[Any, Any]:
+    """A nats-server with the parity fleet's authorization, and the credentials; or a skip."""
     try:
+        import bcrypt  # noqa: F401, PLC0415
         import nats  # noqa: F401, PLC0415
 
         from souverix_crdt.testing.nats_server import (  # noqa: PLC0415
             NatsServer,
             nats_server_binary,
         )
-        from souverix_crdt.transports import nats as _nats_transport  # noqa: F401, PLC0415
+        from souverix_crdt.transports import nats_auth  # noqa: PLC0415
+        from souverix_crdt.transports.nats import Subjects  # noqa: PLC0415
     except ImportError as exc:
         pytest.skip(f"the NATS transport is not available: {exc}")
     try:
         binary = nats_server_binary()
     except FileNotFoundError as exc:
         pytest.skip(f"nats-server is not installed: {exc}")
-    return NatsServer(directory, name="parity", domain="parity", binary=binary)
+    scopes = {"global": "global", "region-a": "global/region-a"}
+    scopes["edge-a1"] = "global/region-a/edge-a1"
+    credentials = nats_auth.write_fleet_credentials(
+        directory / "auth",
+        Subjects(NATS_FLEET),
+        nats_auth.grants_for({name: scopes[name] for name in PARITY_MEMBERS}, PARITY_LINKS),
+        rounds=4,  # the cheapest cost: a login checks the hash
+    )
+    server = NatsServer(
+        directory, name="parity", domain="parity", include=[credentials.authorization],
+        binary=binary,
+    )  # fmt: skip
+    return server, credentials
 
 
 @contextlib.asynccontextmanager
 async def nats_fabric(directory: Path) -> AsyncIterator[Fabric]:
-    server = nats_server_or_skip(directory)
+    server, credentials = nats_server_or_skip(directory)
     with server:
-        fabric = NatsFabric(server.url)
+        fabric = NatsFabric(server.url, credentials)
         try:
             yield fabric
         finally:

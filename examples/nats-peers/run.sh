@@ -10,7 +10,9 @@ else cli=souverix-crdt; fi
 server=${NATS_SERVER:-$(dirname "$cli")/nats-server}
 [[ -x $server ]] || server=nats-server
 
-rm -rf keys data ./*.ready ./*.log && mkdir -p data
+rm -rf keys data auth ./*.ready ./*.log && mkdir -p data
+# Fresh NATS users for the planes and the leaf link (the servers include auth/*.conf).
+"$cli" nats credentials ../tcp-peers/topology.yaml --out auth --leaf a1=127.0.0.1:7442 >/dev/null
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait' EXIT
 "$server" -c hub.conf 2>hub.log & pids+=($!)

@@ -1155,6 +1155,70 @@ def status(
     console.print(links)
 
 
+@cli.group(cls=_Group)
+def nats() -> None:
+    """NATS deployment: nats-server authorization for the fleet's planes."""
+
+
+@nats.command("credentials")
+@click.argument("topology_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the server includes and the password files.",
+)
+@click.option(
+    "--leaf",
+    "leaves",
+    multiple=True,
+    metavar="NAME=HOST:PORT",
+    help="A leaf node and the hub's leaf-node address it connects to (repeatable).",
+)
+@click.option(
+    "--rounds", default=11, show_default=True, help="bcrypt cost of the hashes in the servers."
+)
+def nats_credentials(
+    *, topology_file: Path | None, out_dir: Path, leaves: tuple[str, ...], rounds: int
+) -> None:
+    """Write one NATS user per plane of TOPOLOGY_FILE, allowed only its own subjects.
+
+    Writes authorization.conf (include it in every server), leafnodes-auth.conf (include it in
+    the hub's leafnodes block), leaf-NAME.conf (in leaf NAME's leafnodes block) and one
+    password file per user (0600). Running it again rotates every password. Air-gapped links
+    get no session subjects.
+    """
+    try:
+        from .transports.nats import Subjects  # noqa: PLC0415 - the optional nats extra
+        from .transports.nats_auth import grants_for, write_fleet_credentials  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.ClickException(
+            f"needs the nats extra (pip install 'souverix-crdt[nats]'): {exc}"
+        ) from exc
+    topology = (
+        parse_topology(default_topology_text(), file="<packaged default topology>")
+        if topology_file is None
+        else load_topology(topology_file)
+    )
+    remotes: dict[str, list[str]] = {}
+    for item in leaves:
+        name, sep, address = item.partition("=")
+        if not sep or not name or ":" not in address:
+            raise click.BadParameter(f"expected NAME=HOST:PORT, got {item!r}", param_hint="--leaf")
+        remotes.setdefault(name, []).append(address)
+    grants = grants_for(
+        {name: plane.scope for name, plane in topology.planes.items()},
+        [(link.upper, link.lower) for link in topology.links() if not link.air_gapped],
+    )
+    credentials = write_fleet_credentials(
+        out_dir, Subjects(topology.fleet_id), grants, leaves=remotes, rounds=rounds
+    )
+    for user, path in credentials.password_files.items():
+        click.echo(f"{user}: {path}")
+    click.echo(f"servers include {credentials.authorization}")
+
+
 def main() -> None:
     """The ``souverix-crdt`` console script."""
     cli(prog_name="souverix-crdt")

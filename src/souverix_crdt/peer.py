@@ -8,7 +8,8 @@ relative paths are read from the file's own folder::
     store: data/region-a.sqlite3        # the replica's SQLite store (created if missing)
     transport: tcp                      # tcp (the default) or nats
     listen: 127.0.0.1:7302              # tcp: where downstream planes connect (host: loopback)
-    nats: nats://127.0.0.1:4222         # nats: the server (or leaf node) this plane uses
+    nats: nats://127.0.0.1:4222         # nats: the server (or leaf node) this plane uses;
+                                        # or {url: ..., user: region-a, password_file: PATH}
     upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
     downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
     tls: true                           # tcp: mutual TLS with the key directory's certificates
@@ -38,6 +39,14 @@ Sessions
     :func:`~.sync.driver.run_session`; when one ends, a new one starts after a backoff delay, and
     its hello resumes from the frontiers both sides hold. One log line is written each time a
     session has settled (both sides hold what the other could send) after moving envelopes.
+
+NATS logins
+    ``nats:`` as a mapping logs in to nats-server's own authorization: ``user`` and the file
+    holding its password (relative to the config's folder; ``souverix-crdt nats credentials``
+    writes one per plane). The plane then uses reply subjects under ``_INBOX.<user>`` only,
+    as its server permissions require (:mod:`~.transports.nats_auth`). A refused login stops
+    the process with a :class:`~.errors.TransportError` (reason ``"unauthorized"``): retrying
+    cannot fix a wrong password. A refused publish or subscription is logged once per subject.
 
 Writes from other processes
     The store is the plane's durable state, and other processes may write to it (``souverix-crdt
@@ -127,6 +136,7 @@ _SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch"})
 _RETRY_FIELDS: Final = frozenset({"initial", "maximum"})
 _LINK_FIELDS: Final = frozenset({"name", "address"})
 _TLS_FIELDS: Final = frozenset({"ca", "cert", "key", "mutual"})
+_NATS_FIELDS: Final = frozenset({"url", "user", "password_file"})
 _TRANSPORTS: Final = ("tcp", "nats")
 # Envelopes read from the store per ingest call when taking in writes made by other processes.
 _WATCH_PAGE: Final = 256
@@ -192,6 +202,8 @@ class PeerConfig:
         listen_host: Where a TCP peer listens (loopback by default).
         listen_port: The TCP port, or ``None`` when nothing dials in.
         nats_url: The NATS server, for ``transport: nats``.
+        nats_user: The NATS user this plane logs in as (``None``: no login).
+        nats_password_file: The file holding that user's password (first line).
         upstream: The plane above, if any.
         downstream: The planes below that sync with this one.
         batch_size: Envelopes per batch.
@@ -209,6 +221,8 @@ class PeerConfig:
     listen_host: str = DEFAULT_HOST
     listen_port: int | None = None
     nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password_file: Path | None = None
     upstream: PeerLink | None = None
     downstream: tuple[PeerLink, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -324,7 +338,37 @@ def _links(read: _Reader, top: dict[str, Any], plane: str, *, dialled: bool) -> 
     return options
 
 
-def _transport(read: _Reader, top: dict[str, Any], *, has_downstream: bool) -> dict[str, Any]:
+def _nats(read: _Reader, value: object, folder: Path) -> dict[str, Any]:
+    # A URL alone (no login), or {url, user, password_file} (nats-server's own authorization).
+    if isinstance(value, dict):
+        item = read.mapping(value, "nats", _NATS_FIELDS)
+        if "url" not in item:
+            raise read.fail("nats.url", "missing (the NATS server URL)", "missing")
+        url_field, url_value = "nats.url", item["url"]
+    else:
+        item, url_field, url_value = {}, "nats", value
+    url = read.text(url_value, url_field)
+    if not url.startswith(("nats://", "tls://")):
+        raise read.fail(url_field, f"expected a nats:// URL, got {url!r}")
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        raise read.fail(url_field, "no credentials in the URL: give user and password_file")
+    options: dict[str, Any] = {"nats_url": url}
+    if "user" not in item and "password_file" not in item:
+        return options
+    if "password_file" not in item:
+        raise read.fail(
+            "nats.password_file", "missing (the file with the user's password)", "missing"
+        )
+    if "user" not in item:
+        raise read.fail("nats.user", "missing (the NATS user this plane logs in as)", "missing")
+    options["nats_user"] = read.text(item["user"], "nats.user")
+    options["nats_password_file"] = folder / read.text(item["password_file"], "nats.password_file")
+    return options
+
+
+def _transport(
+    read: _Reader, top: dict[str, Any], folder: Path, *, has_downstream: bool
+) -> dict[str, Any]:
     transport = top.get("transport", "tcp")
     if transport not in _TRANSPORTS:
         raise read.fail("transport", f"expected tcp or nats, got {transport!r}")
@@ -342,10 +386,7 @@ def _transport(read: _Reader, top: dict[str, Any], *, has_downstream: bool) -> d
         raise read.fail("listen", "only for transport: tcp (NATS peers do not listen)")
     if "nats" not in top:
         raise read.fail("nats", "missing (the NATS server URL: nats://127.0.0.1:4222)", "missing")
-    url = read.text(top["nats"], "nats")
-    if not url.startswith(("nats://", "tls://")):
-        raise read.fail("nats", f"expected a nats:// URL, got {url!r}")
-    options["nats_url"] = url
+    options.update(_nats(read, top["nats"], folder))
     return options
 
 
@@ -480,7 +521,7 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
         store=folder / read.text(top["store"], "store"),
         source=file,
         **links,
-        **_transport(read, top, has_downstream=bool(links["downstream"])),
+        **_transport(read, top, folder, has_downstream=bool(links["downstream"])),
         **_sync(read, top.get("sync")),
         **_tls(read, top, folder, keys, plane),
     )
@@ -662,7 +703,8 @@ class PeerProcess:
         Raises:
             ConfigError, KeyFileError, StoreError: the config, keys or store are unusable.
             ConfigError: also when the ``listen`` address cannot be bound (``field="listen"``).
-            TransportError: the NATS server cannot be reached.
+            TransportError: the NATS server cannot be reached, or refused the login (reason
+                ``"unauthorized"``).
         """
         config = self.config
         # TLS files are checked first: a bad one names its field before the store is touched.
@@ -721,31 +763,104 @@ class PeerProcess:
         if upstream is not None:
             self._tasks.append(asyncio.ensure_future(self._dial_loop(upstream)))
 
+    def _nats_password(self) -> str | None:
+        config = self.config
+        path = config.nats_password_file
+        if path is None:
+            return None
+        try:
+            password = path.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                file=config.source,
+                field="nats.password_file",
+                detail=f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                reason="missing",
+            ) from exc
+        if not password:
+            raise ConfigError(
+                file=config.source, field="nats.password_file", detail=f"{path} is empty"
+            )
+        return password
+
     async def _start_nats(self, fleet_id: str) -> None:
         # nats-py is the optional ``nats`` extra: imported only by planes configured for it.
         import nats  # noqa: PLC0415
+        from nats.aio.client import Client  # noqa: PLC0415
 
         from .transports.nats import NatsTransport, Subjects  # noqa: PLC0415
+        from .transports.nats_auth import inbox_prefix  # noqa: PLC0415
 
         url = self.config.nats_url
         assert url is not None
-        attempt = 0
-        while True:
-            try:
-                self._nats = await nats.connect(
-                    servers=[url],
-                    name=self.config.plane,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                )
-                break
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
-                if attempt == 0:
-                    self.say(f"NATS server {url} unreachable ({exc}); retrying")
-                await asyncio.sleep(self.config.retry.delay(attempt, self._rng))
-                attempt += 1
-        self.say(f"connected to NATS at {url}")
+        user = self.config.nats_user
+        login: dict[str, Any] = {}
+        if user is not None:
+            # Replies only under _INBOX.<user>: the server lets this user subscribe to no other.
+            login = {
+                "user": user,
+                "password": self._nats_password(),
+                "inbox_prefix": inbox_prefix(user),
+            }
+        refusals: set[str] = set()
+        unauthorized: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+        async def on_error(error: Exception) -> None:
+            text = str(error)
+            if isinstance(error, nats.errors.AuthorizationError) or (
+                "authorization violation" in text.lower()
+            ):
+                # Retrying cannot help: the user or its password is wrong (or was rotated).
+                if not unauthorized.done():
+                    unauthorized.set_result(error)
+                return
+            # A refusal (a permissions violation keeps the connection open) is said once per
+            # subject, loudly, instead of letting sessions time out without a word; so is each
+            # kind of connection error while (re)connecting.
+            if text not in refusals and len(refusals) < 100:
+                refusals.add(text)
+                refused = "violation" in text.lower()
+                self.say(f"NATS server {url} {'refused' if refused else 'error'}: {text}")
+
+        async def on_closed() -> None:
+            if self._nats is not None:
+                last = getattr(self._nats, "last_error", None)
+                self.say(f"NATS connection to {url} closed for good (last error: {last!r})")
+
+        client = Client()
+        # nats-py retries the first connection itself, forever (max_reconnect_attempts=-1),
+        # reporting each failure to error_cb; a refused login ends the wait instead.
+        connecting = asyncio.ensure_future(
+            client.connect(
+                servers=[url],
+                name=self.config.plane,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # a float works
+                error_cb=on_error,
+                closed_cb=on_closed,
+                **login,
+            )
+        )
+        try:
+            waits: list[asyncio.Future[Any]] = [connecting, unauthorized]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait([connecting])
+        if unauthorized.done() or connecting.cancelled():
+            with contextlib.suppress(Exception):
+                await client.close()
+            error = unauthorized.result() if unauthorized.done() else None
+            raise TransportError(
+                f"NATS server {url} refused the login of user {user!r} "
+                f"(password from {self.config.nats_password_file}): {error}",
+                reason="unauthorized",
+            ) from error
+        connecting.result()  # nothing else ends it: it raises only what is a bug
+        self._nats = client
+        self.say(f"connected to NATS at {url}" + (f" as {user}" if user else ""))
         subjects = Subjects(fleet_id)
         connection = self._nats
 

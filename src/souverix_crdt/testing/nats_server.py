@@ -172,6 +172,10 @@ class NatsServer:
         ping_max: Unanswered pings before a connection counts as dead.
         leaf_reconnect: Seconds between a leaf's reconnect attempts to its remotes.
         extra_config: Lines appended to the generated config, verbatim.
+        include: Files included at the top level (``authorization.conf`` of
+            :func:`~souverix_crdt.transports.nats_auth.write_fleet_credentials`).
+        leafnode_include: Files included inside the ``leafnodes`` block (the hub's
+            ``leafnodes-auth.conf``).
         binary: The server binary (default: :func:`nats_server_binary`).
     """
 
@@ -189,6 +193,8 @@ class NatsServer:
         ping_max: int = 2,
         leaf_reconnect: float = 0.25,
         extra_config: str = "",
+        include: Sequence[Path] = (),
+        leafnode_include: Sequence[Path] = (),
         binary: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
@@ -202,6 +208,8 @@ class NatsServer:
         self.ping_max = ping_max
         self.leaf_reconnect = leaf_reconnect
         self.extra_config = extra_config
+        self.include = tuple(Path(path).resolve() for path in include)
+        self.leafnode_include = tuple(Path(path).resolve() for path in leafnode_include)
         self.binary = nats_server_binary(binary)
         self.config_path = self.directory / f"{name}.conf"
         self.log_path = self.directory / f"{name}.log"
@@ -283,10 +291,16 @@ class NatsServer:
                 lines.append(f'  reconnect: "{int(self.leaf_reconnect * 1000)}ms"')
                 urls = ", ".join(_quote(url) for url in self.leaf_remotes)
                 lines.append(f"  remotes: [ {{ urls: [ {urls} ] }} ]")
+            lines.extend(f"  include {self._relative(path)}" for path in self.leafnode_include)
             lines.append("}")
+        lines.extend(f"include {self._relative(path)}" for path in self.include)
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
+
+    def _relative(self, path: Path) -> str:
+        # The server reads an include relative to the including file, even an absolute path.
+        return _quote(os.path.relpath(path, self.directory.resolve()))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -302,6 +316,8 @@ class NatsServer:
         self.ports_dir.mkdir(exist_ok=True)
         for stale in self.ports_dir.glob("*.ports"):
             stale.unlink()
+        # Owner-only: a leaf's remote URL carries its password.
+        self.config_path.touch(mode=0o600)
         self.config_path.write_text(self.config())
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(  # noqa: S603 - our own pinned binary and config

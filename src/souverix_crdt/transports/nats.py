@@ -305,9 +305,10 @@ class NatsTransport(Transport):
     each other's interest; across a cut leaf link, or before a new subscription's interest has
     crossed one, frames are dropped silently and the session's ``tick`` repairs the loss.
 
-    NATS permissions make the subject a sender's identity: grant each replica publish on
-    ``<prefix>.sync.<own name>.>`` only. (Envelopes are signed anyway; the subject only keeps
-    strangers from injecting session frames.)
+    NATS permissions make the subject a sender's identity: :mod:`~.nats_auth` grants each plane
+    publish on ``<prefix>.sync.<own name>.<peer>`` and subscribe on
+    ``<prefix>.sync.<peer>.<own name>`` for its linked peers only. (Envelopes are signed
+    anyway; the permissions keep other planes from reading or injecting session frames.)
 
     Args:
         connection: A connected client (its server's ``max_payload`` bounds ``max_frame``).
