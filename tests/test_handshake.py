@@ -217,6 +217,9 @@ def test_a_hello_without_a_full_nonce_is_malformed(nonce: bytes) -> None:
 
 
 def revoke(replica: Replica, member: str, issuer: str = "region-a") -> None:
+    # A revocation counts once the replica holds the revoked key's chain (and sees its issuer
+    # above it there).
+    replica.add_delegations(d.encode() for d in FLEET[member].chain)
     revocation = issue_revocation(
         FLEET[issuer].key,
         fleet_id=FLEET_ID,
