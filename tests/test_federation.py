@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 
-from souverix_crdt._carriers import FileCarrier, SignedBundleCarrier, default_carrier
-from souverix_crdt.errors import CapabilityViolationError, DecodeError
+from souverix_crdt._carriers import SignedBundleCarrier, default_carrier
+from souverix_crdt.errors import BundleError, CapabilityViolationError
 from souverix_crdt.federation import (
-    BundleCarrier,
     FederationManager,
     LinkState,
     ManualClock,
@@ -150,19 +148,9 @@ def test_isolate_and_reconnect_a_plane(manager: FederationManager) -> None:
     assert manager.replica("global").get("global/region-a/edge-a1", "policies", "k") == "v"
 
 
-def carriers() -> list[object]:
-    chosen = [FileCarrier()]
-    signed = default_carrier()
-    if isinstance(signed, SignedBundleCarrier):
-        chosen.append(signed)
-    return chosen
-
-
-@pytest.mark.parametrize("carrier", carriers(), ids=lambda c: type(c).__name__)
-def test_air_gapped_zone_syncs_only_by_bundle(
-    carrier: BundleCarrier, clock: ManualClock, tmp_path: Path
-) -> None:
-    manager = make(clock, carrier=carrier)
+def test_air_gapped_zone_syncs_only_by_bundle(clock: ManualClock, tmp_path: Path) -> None:
+    assert isinstance(default_carrier(), SignedBundleCarrier)
+    manager = make(clock)
     manager.settle()
     manager.publish_policy("global", "fleet", "v1")
     own_write(manager, "edge-b1", "local", "x")
@@ -195,15 +183,7 @@ def test_air_gapped_zone_syncs_only_by_bundle(
     manager.close()
 
 
-def test_default_carrier_falls_back_to_envelope_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(name: str) -> object:
-        raise ImportError(name)
-
-    monkeypatch.setattr(importlib, "import_module", missing)
-    assert isinstance(default_carrier(), FileCarrier)
-
-
-def test_envelope_files_from_another_fleet_are_refused(
+def test_bundles_from_another_fleet_are_refused(
     manager: FederationManager, tmp_path: Path
 ) -> None:
     other_topology = parse_topology(default_topology_text_for("other-fleet"), file="other.yaml")
@@ -215,16 +195,18 @@ def test_envelope_files_from_another_fleet_are_refused(
     )
     other = FederationManager(other_topology, other_keys, wall_clock=ManualClock(START), seed=1)
     other.publish_policy("global", "x", "y")
-    carrier = FileCarrier()
+    carrier = default_carrier()
     path = tmp_path / "foreign.bundle"
     carrier.export_bundle(
         other.replica("region-b"), path, peer="edge-b1", peer_scope=Scope.parse("global/region-b")
     )
-    with pytest.raises(DecodeError):
+    before = manager.replica("edge-b1").digest()
+    with pytest.raises(BundleError):
         carrier.import_bundle(manager.replica("edge-b1"), path)
     path.write_bytes(b"\x93\x01\x02\x03")
-    with pytest.raises(DecodeError):
+    with pytest.raises(BundleError):
         carrier.import_bundle(manager.replica("edge-b1"), path)
+    assert manager.replica("edge-b1").digest() == before
 
 
 def test_conditional_zone_yields_to_its_region(

@@ -19,8 +19,7 @@ Air-gapped links
     No session ever runs over a link with an air-gapped end:
     :meth:`~FederationManager.exchange_bundles` carries what each side lacks through files, both
     ways, and the return file acknowledges the first one. The carrier is a seam
-    (:class:`BundleCarrier`): signed bundles and receipts of the bundle transport when it is
-    installed, else a minimal file of signed envelopes and frontiers (see
+    (:class:`BundleCarrier`): signed bundles and receipts of the bundle transport (see
     :mod:`souverix_crdt._carriers`).
 
 Integration hooks
@@ -152,7 +151,7 @@ class FederationManager:
         store_factory: Makes each plane's store from its name (default: in-memory).
         seed: Seeds the in-memory network and the replicas' epochs, for reproducible runs;
             ``None`` gives random epochs.
-        carrier: How bundles cross air-gapped links (default: :class:`FileCarrier`).
+        carrier: How bundles cross air-gapped links (default: signed bundles).
     """
 
     def __init__(
