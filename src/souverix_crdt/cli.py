@@ -1122,6 +1122,11 @@ def status(
     config = _peer_config(config_path, keys_dir, plane, store_path)
     with _opened(config) as replica:
         document = _status_document(config, replica)
+        replica_planes = {
+            entry["chain"]: replica.plane_of(entry["chain"])
+            for record in document["refused"].values()
+            for entry in record["envelopes"]
+        }
     if output == "json":
         _echo_json(document)
         return
@@ -1138,6 +1143,24 @@ def status(
     summary.add_row("quarantined", str(sum(document["quarantined"].values())))
     summary.add_row("equivocators", str(len(document["equivocators"])))
     console.print(summary)
+    if document["refused"]:
+        # What arrived and did not count, and why: the first place to look when a write
+        # "never shows up" here.
+        refused = Table(title="refused envelopes", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("reason", "envelopes", "lowest id", "scope", "writer", "seq"):
+            refused.add_column(column)
+        for reason, record in document["refused"].items():
+            first = record["envelopes"][0] if record["envelopes"] else {}
+            writer = first.get("chain", "")
+            refused.add_row(
+                reason,
+                f"{record['count']}{'+' if record['more'] else ''}",
+                first.get("envelope_id", "")[:16],
+                first.get("scope", ""),
+                describe_writer(replica_planes.get(writer, ""), writer),
+                str(first.get("seq", "")),
+            )
+        console.print(refused)
     links = Table(title="links", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("peer", "debt envelopes", "debt bytes", "oldest", "connected", "last sync"):
         links.add_column(column)

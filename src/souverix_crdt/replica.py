@@ -39,6 +39,7 @@ Decisions that arrive late
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import secrets
@@ -67,6 +68,7 @@ from .envelope import (
     VerifiedEnvelope,
     chain_id,
     chain_writer,
+    envelope_id,
     open_envelope,
     read_header,
     seal,
@@ -86,6 +88,9 @@ from .handles import ScopeHandle, Transaction, change_stream
 from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
 from .lww import Strategy
 from .naming import plane_name
+from .refusals import META_PREFIX as REFUSED_META
+from .refusals import REASONS as REFUSAL_REASONS
+from .refusals import RefusalLog, RefusedEnvelope, refusal_reason
 from .scope import Scope
 from .store.base import (
     Batch,
@@ -206,6 +211,16 @@ class IngestResult:
     seq: int = 0
     error: SouverixError | None = None
 
+    @property
+    def reason(self) -> str:
+        """Why it was refused: the refusal record's reason, else the error's own; ``""`` if not.
+
+        See :func:`souverix_crdt.refusals.refusal_reason`.
+        """
+        if self.error is None:
+            return ""
+        return refusal_reason(self.error) or self.error.reason or type(self.error).__name__
+
 
 @attrs.frozen
 class AckResult:
@@ -270,6 +285,9 @@ class ReplicaStatus:
         sync_debt: Per peer, what it has not acknowledged.
         hlc: The clock's high-water mark.
         writers: Chain → the plane name of its writer, for every chain in ``frontiers``.
+        refused: Envelopes refused for a reason that cannot change, per reason: their count
+            and the lowest-id ones (see :mod:`souverix_crdt.refusals`); the same on every
+            replica given the same envelopes.
     """
 
     name: str
@@ -286,6 +304,7 @@ class ReplicaStatus:
     sync_debt: dict[str, SyncDebt]
     hlc: Timestamp
     writers: dict[str, str] = attrs.field(factory=dict)
+    refused: dict[str, Any] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
@@ -304,6 +323,7 @@ class ReplicaStatus:
             "sync_debt": {peer: debt.to_json() for peer, debt in self.sync_debt.items()},
             "hlc": str(self.hlc),
             "writers": self.writers,
+            "refused": self.refused,
         }
 
 
@@ -404,6 +424,8 @@ class Replica:
         #: Grows each time a delegation, revocation or equivocation proof is learned.
         self.authority_version = 0
         self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
+        #: Envelopes refused for reasons that cannot change (see :mod:`souverix_crdt.refusals`).
+        self.refused = RefusalLog()
         self._checkpoints: dict[Key, tuple[int, bytes]] = {}
         self._own_grant: Grant | None = None
         self.clock = Clock(wall_clock, max_offset=max_offset, floor=store.hlc())
@@ -422,6 +444,7 @@ class Replica:
         for item in self.store.revocations():
             self._learn_revocation(item.data)
         self._own_grant_at(self.clock.last)  # the identity must verify against the anchors
+        self._load_refusals()
         for scope_path, chain, seq, first, second in self._stored_proofs():
             self._proofs[(Scope.parse(scope_path), chain)] = (seq, first, second)
             self._chain((Scope.parse(scope_path), chain)).cut_from = seq
@@ -776,9 +799,68 @@ class Replica:
         """
         step = _Step(source)
         before = self.clock.last
-        results = [self._ingest_one(data, step) for data in frames]
+        items = list(frames)
+        results = [self._ingest_one(data, step) for data in items]
+        changed: set[str] = set()
+        for index, result in enumerate(results):
+            if result.outcome is IngestOutcome.REJECTED:
+                results[index] = self._refused(items[index], result, changed)
+        self._save_refusals(changed, step.batch)
         self._finish(step, before)
         return results
+
+    def _save_refusals(self, reasons: Iterable[str], batch: Batch) -> None:
+        # The record is kept in the same commit as the receive step that refused: a restart
+        # shows the same record, which depends only on the envelopes refused.
+        for reason in reasons:
+            batch.meta[REFUSED_META + reason] = self.refused.encode_reason(reason)
+
+    def _load_refusals(self) -> None:
+        for reason in REFUSAL_REASONS:
+            raw = self.store.meta(REFUSED_META + reason)
+            if raw is not None:
+                with contextlib.suppress(DecodeError):  # our own row; a bad one starts afresh
+                    self.refused.load_reason(reason, raw)
+
+    def _refused(self, data: bytes, result: IngestResult, changed: set[str]) -> IngestResult:
+        """Name a refused envelope (as far as its bytes tell) and record a lasting refusal."""
+        if not result.envelope_id and isinstance(data, bytes | bytearray | memoryview):
+            named: dict[str, Any] = {"envelope_id": envelope_id(bytes(data))}
+            try:
+                header = read_header(data)
+            except SouverixError:
+                pass
+            else:
+                named.update(scope=str(header.scope), chain=header.chain, seq=header.seq)
+            result = attrs.evolve(result, **named)
+        reason = refusal_reason(result.error)
+        if (
+            reason is not None
+            and result.envelope_id
+            and self.refused.add(
+                reason,
+                RefusedEnvelope(result.envelope_id, result.scope, result.chain, result.seq),
+            )
+        ):
+            changed.add(reason)
+        return result
+
+    def _record_revoked(self, key: Key, grant: Grant) -> None:
+        """Record as revoked what a chain holds past a revocation's cut (order-independent).
+
+        An envelope applied before the revocation arrived is refused now, as it would have been
+        had it arrived after: the refusal record depends on the envelopes, not their order.
+        """
+        epoch = int(key[1].partition("~")[2] or "0", 16)
+        changed = False
+        for stored in self.store.envelopes_after(str(key[0]), key[1], 0, 1 << 30):
+            if self.authority.is_cut(grant, key[0], stored.seq, epoch=epoch):
+                refused = RefusedEnvelope(stored.id, stored.scope, stored.writer, stored.seq)
+                changed = self.refused.add("revoked", refused) or changed
+        if changed:
+            batch = Batch()
+            self._save_refusals(["revoked"], batch)
+            self.store.commit(batch)
 
     def _finish(self, step: _Step, before: Timestamp) -> None:
         """Commit what one receive step accumulated, then notify; undo it all if that fails."""
@@ -986,10 +1068,23 @@ class Replica:
         )
         return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION, error=error)
 
-    def _record_proof(self, key: Key, seq: int, first: bytes, second: bytes, batch: Batch) -> None:
+    def _proves_more(self, key: Key, seq: int, first: bytes, second: bytes) -> bool:
+        """True if a proof at ``seq`` made of ``(first, second)`` replaces what is held.
+
+        A lower seq cuts more; at the same seq (three branches give three pairs) the smaller
+        pair wins, so every replica ends holding the same proof whatever it found first.
+        """
         state = self._chain(key)
-        if state.cut_from is not None and state.cut_from <= seq:
+        if state.cut_from is None or seq < state.cut_from:
+            return True
+        held = self._proofs.get(key)
+        return seq == state.cut_from and held is not None and (first, second) < held[1:]
+
+    def _record_proof(self, key: Key, seq: int, first: bytes, second: bytes, batch: Batch) -> None:
+        first, second = sorted((first, second))
+        if not self._proves_more(key, seq, first, second):
             return
+        state = self._chain(key)
         state.cut_from = seq
         self._proofs[key] = (seq, first, second)
         self._authority_dirty = True
@@ -1019,11 +1114,10 @@ class Replica:
         if (a.scope, a.chain, a.seq) != (b.scope, b.chain, b.seq) or opened[0].id == opened[1].id:
             raise EquivocationError("not two envelopes of one sequence number", reason="proof")
         key = (a.scope, a.chain)
-        state = self._chain(key)
-        if state.cut_from is not None and state.cut_from <= a.seq:
+        low, high = sorted((first, second))
+        if not self._proves_more(key, a.seq, low, high):
             return False
         batch = Batch()
-        low, high = sorted((first, second))
         self._record_proof(key, a.seq, low, high, batch)
         self.store.commit(batch)
         self._authority_changed()
@@ -1302,6 +1396,7 @@ class Replica:
                         grant, key[0], state.seq, epoch=int(key[1].partition("~")[2] or "0", 16)
                     )
                 ):
+                    self._record_revoked(key, grant)
                     self._rebuild(key)
         if new or self._authority_dirty:
             self._authority_changed()
@@ -1390,8 +1485,8 @@ class Replica:
         return queued
 
     def _commit_unacked(self, queued: Iterable[tuple[str, Key, int, bytes]]) -> None:
-        for peer, key, seq, envelope_id in queued:
-            self._unacked.setdefault(peer, {}).setdefault(key, deque()).append((seq, envelope_id))
+        for peer, key, seq, queued_id in queued:
+            self._unacked.setdefault(peer, {}).setdefault(key, deque()).append((seq, queued_id))
 
     def acknowledge(self, peer: str, frontiers: Iterable[tuple[str, str, int]]) -> AckResult:
         """A peer reports how far it has each chain: settle its outbox and sync debt.
@@ -1481,6 +1576,21 @@ class Replica:
                 rows.append((path, key[1], state.seq, state.last_id))
         return rows
 
+    def chain_head(self, scope: Scope | str, chain: str) -> tuple[int, bytes]:
+        """``(seq, id)`` of the last envelope applied for a chain (``(0, b"")`` if none)."""
+        state = self._chains.get((Scope.parse(scope), chain))
+        return (0, b"") if state is None else (state.seq, state.last_id)
+
+    def chain_cut(self, scope: Scope | str, chain: str) -> int | None:
+        """The first sequence number of a chain that stopped counting (an equivocation), if any."""
+        state = self._chains.get((Scope.parse(scope), chain))
+        return None if state is None else state.cut_from
+
+    def envelope_at(self, scope: Scope | str, chain: str, seq: int) -> bytes | None:
+        """The chain's envelope at ``seq`` as this replica holds it (its log), if kept."""
+        stored = self.store.envelope_at(str(scope), chain, seq)
+        return None if stored is None else stored.data
+
     def chain_seq(self, scope: Scope | str, chain: str) -> int:
         """The last sequence number applied for a chain (0 if none)."""
         state = self._chains.get((Scope.parse(scope), chain))
@@ -1521,6 +1631,7 @@ class Replica:
             refused_authority=dict(sorted(self.authority.refusals.items())),
             quarantined={w: n for w, n in self._quarantined_by_writer.items() if n},
             equivocators={f"{k[0]}|{k[1]}": v[0] for k, v in self._proofs.items()},
+            refused=self.refused.to_json(),
             sync_debt={peer: self.sync_debt(peer) for peer in sorted(self._peers)},
             hlc=self.clock.last,
             writers={c: self.plane_of(c) for c in sorted({c for _, c, _, _ in frontiers})},

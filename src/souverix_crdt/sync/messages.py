@@ -137,18 +137,37 @@ class Envelopes:
 
 @attrs.frozen
 class Ack:
-    """Frontiers after applying what arrived; also re-requests whatever lies beyond them."""
+    """Frontiers after applying what arrived; also re-requests whatever lies beyond them.
+
+    Attributes:
+        frontiers: How far the sender now holds each chain the batch touched, with the id of
+            its last envelope (two sides at one seq with different ids hold a fork).
+        refused: Envelopes of the batch the sender refused for a reason that cannot change
+            (``[scope, chain, seq, envelope id]``): the peer never sends them, nor anything
+            after them on that chain, again on this session.
+    """
 
     frontiers: tuple[FrontierRow, ...]
+    refused: tuple[FrontierRow, ...] = ()
 
 
 @attrs.frozen
 class AuthorityItems:
-    """Delegations, revocations and equivocation proofs (pairs of envelopes)."""
+    """Delegations, revocations and equivocation proofs (pairs of envelopes).
+
+    Attributes:
+        delegations: Encoded delegations.
+        revocations: Encoded revocations.
+        proofs: Equivocation proofs: two envelopes of one sequence number.
+        digest: The sender's shared authority digest once it sent these (see
+            :class:`Frontiers`), so the receiver knows where the sender stands; ``b""`` if
+            not given.
+    """
 
     delegations: tuple[bytes, ...] = ()
     revocations: tuple[bytes, ...] = ()
     proofs: tuple[tuple[bytes, bytes], ...] = ()
+    digest: bytes = b""
 
 
 @attrs.frozen
@@ -189,13 +208,15 @@ def encode_message(message: Message) -> bytes:
     elif isinstance(message, Envelopes):
         kind, body = MessageType.ENVELOPES, _envelopes_body(message.items)
     elif isinstance(message, Ack):
-        kind, body = MessageType.ACK, {"frontiers": _rows(message.frontiers)}
+        kind = MessageType.ACK
+        body = {"frontiers": _rows(message.frontiers), "refused": _rows(message.refused)}
     elif isinstance(message, AuthorityItems):
         kind = MessageType.AUTHORITY
         body = {
             "delegations": list(message.delegations),
             "revocations": list(message.revocations),
             "proofs": [list(p) for p in message.proofs],
+            "digest": message.digest,
         }
     elif isinstance(message, Checkpoint):
         kind, body = MessageType.CHECKPOINT, {"data": message.data}
@@ -320,6 +341,7 @@ def _authority(body: Mapping[str, Any]) -> AuthorityItems:
         delegations=tuple(_bytes(d, "delegation") for d in _list(body["delegations"], "d")),
         revocations=tuple(_bytes(r, "revocation") for r in _list(body["revocations"], "r")),
         proofs=tuple(proofs),
+        digest=_bytes(body["digest"], "digest"),
     )
 
 
@@ -331,9 +353,12 @@ _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]],
     ),
     MessageType.FRONTIERS.value: (frozenset({"frontiers", "authority"}), _frontiers_message),
     MessageType.ENVELOPES.value: (frozenset({"items", "z"}), _envelopes),
-    MessageType.ACK.value: (frozenset({"frontiers"}), lambda b: Ack(_frontiers(b["frontiers"]))),
+    MessageType.ACK.value: (
+        frozenset({"frontiers", "refused"}),
+        lambda b: Ack(_frontiers(b["frontiers"]), _frontiers(b["refused"])),
+    ),
     MessageType.AUTHORITY.value: (
-        frozenset({"delegations", "revocations", "proofs"}),
+        frozenset({"delegations", "revocations", "proofs", "digest"}),
         _authority,
     ),
     MessageType.CHECKPOINT.value: (

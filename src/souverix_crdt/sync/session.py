@@ -59,8 +59,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final, NoReturn
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
-from souverix_crdt.envelope import chain_writer, read_header
+from souverix_crdt.envelope import chain_writer, envelope_id, read_header
 from souverix_crdt.errors import (
+    EquivocationError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -69,7 +70,8 @@ from souverix_crdt.errors import (
     UnknownDelegationError,
 )
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.replica import IngestOutcome, Replica
+from souverix_crdt.refusals import refusal_reason
+from souverix_crdt.replica import IngestOutcome, IngestResult, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import StoredEnvelope
 
@@ -100,6 +102,9 @@ DEFAULT_BATCH_SIZE: Final = 100
 #: the proof is exchanged.
 PeerPolicy = Callable[[Grant], bool]
 
+# Ticks a fork's probe is repeated while its proof has not come back (then it is left to the
+# next session: the peer may refuse the probe for a reason of its own).
+_FORK_PROBES: Final = 8
 # A sequence number past any real one: a chain cut at any point is cut here.
 _BEYOND: Final = 2**62
 
@@ -202,6 +207,15 @@ TRANSITIONS: Final[dict[tuple[SessionState, type], Handler]] = {
 }
 
 
+def _lasting(result: IngestResult) -> bool:
+    """True if the peer refused an envelope for a reason no resend can change."""
+    if result.outcome is IngestOutcome.EQUIVOCATION:
+        return True
+    if result.outcome is not IngestOutcome.REJECTED:
+        return False
+    return isinstance(result.error, EquivocationError) or refusal_reason(result.error) is not None
+
+
 def _item_digest(first: bytes, second: bytes) -> bytes:
     return hashlib.sha256(first + second).digest()
 
@@ -272,6 +286,16 @@ class SyncSession:
         # Digests of the authority items (delegations, revocations, proofs) the peer is known
         # to hold: all we sent it, all it sent us.
         self._peer_items: set[bytes] = set()
+        # The peer's shared authority digest, as its last frontiers said.
+        self._peer_authority: bytes | None = None
+        # Per chain, the lowest seq the peer refused for good on this session.
+        self._refused: dict[tuple[str, str], int] = {}
+        # Envelopes shown to the peer since the last tick, to find where a fork begins.
+        self._probed: set[tuple[str, str, int]] = set()
+        # Forks found on this session and not settled here yet: chain → [seq shown, ticks].
+        self._forks: dict[tuple[str, str], list[int]] = {}
+        #: Envelopes sent outside the batch flow to locate forks.
+        self.probes_sent = 0
         self._shared_cache: tuple[int, bytes, list[bytes]] | None = None
         self._unsubscribe: list[Callable[[], None]] = [
             replica.on_authority(self._on_authority_change)
@@ -336,7 +360,9 @@ class SyncSession:
             return
         self._in_flight = False
         self._sent_upto = dict(self._peer_seq)
+        self._probed.clear()  # a probe may have been lost: show it again if still needed
         self._send_frontiers()
+        self._probe_forks()
         self._fill()
 
     def close(self, reason: str = "done") -> None:
@@ -369,7 +395,12 @@ class SyncSession:
         # Items parked for want of a delegation mean an authority exchange is still due.
         # Judged by what the peer acknowledged, never by what was sent: a batch can be lost
         # while a stale or duplicated ack clears the in-flight flag.
-        return not self._lacking(acknowledged=True) and not self.replica.awaiting_authority
+        return (
+            not self._forks_open()
+            and not self._lacking(acknowledged=True)
+            and not self.replica.awaiting_authority
+            and self._peer_authority == self._shared_authority()[0]
+        )
 
     # ------------------------------------------------------------------ handshake
 
@@ -491,6 +522,10 @@ class SyncSession:
         self._sent_upto.clear()
         self._in_flight = False
         self._peer_items.clear()
+        self._peer_authority = None
+        self._refused.clear()
+        self._probed.clear()
+        self._forks.clear()
         self.early_frontiers = None
 
     # ------------------------------------------------------------------ handlers
@@ -500,6 +535,9 @@ class SyncSession:
         replica = self.replica
         assert self.peer_name is not None
         replica.acknowledge(self.peer_name, [(r.scope, r.writer, r.seq) for r in message.rows])
+        self._peer_authority = message.authority
+        for row in message.rows:
+            self._compare_heads(row)
         digest, shared = self._shared_authority()
         if message.authority != digest:
             # The peer knows other delegations, revocations or proofs than we do where our
@@ -516,10 +554,12 @@ class SyncSession:
             error = RemoteProtocolError("batch larger than agreed", reason="batch-size")
             self.errors.append(error)
             raise error
-        results = self.replica.ingest_many(message.items, source=self.peer_name)
+        replica = self.replica
+        results = replica.ingest_many(message.items, source=self.peer_name)
         self.envelopes_received += len(message.items)
         touched = {(r.scope, r.chain) for r in results if r.chain}
-        for result in results:
+        refused = []
+        for data, result in zip(message.items, results, strict=True):
             if result.chain and result.outcome in _PEER_HOLDS:
                 # The peer holds what it sent us: never send it back. That includes envelopes
                 # parked here (behind a gap, or until a delegation arrives): once released they
@@ -527,10 +567,18 @@ class SyncSession:
                 key = (result.scope, result.chain)
                 if result.seq > self._peer_seq.get(key, 0):
                     self._peer_seq[key] = result.seq
+            if result.chain and _lasting(result):
+                refused.append(
+                    FrontierRow(result.scope, result.chain, result.seq, result.envelope_id)
+                )
+                if result.outcome is IngestOutcome.EQUIVOCATION or isinstance(
+                    result.error, EquivocationError
+                ):
+                    self._walk_back(result.scope, result.chain, result.seq, data)
         rows = []
         for scope, chain in sorted(touched):
-            seq = self.replica.chain_seq(scope, chain)
-            rows.append(FrontierRow(scope, chain, seq))
+            seq, last = replica.chain_head(scope, chain)
+            rows.append(FrontierRow(scope, chain, seq, last))
         if any(
             r.outcome is IngestOutcome.PENDING and isinstance(r.error, UnknownDelegationError)
             for r in results
@@ -538,26 +586,32 @@ class SyncSession:
             # Something waits for a delegation: our frontiers carry our authority digest, and
             # the peer answers a differing one with its items.
             self._send_frontiers()
-        self._queue(encode_message(Ack(tuple(rows))))
+        self._queue(encode_message(Ack(tuple(rows), tuple(refused))))
 
     def handle_checkpoint(self, message: Checkpoint) -> None:
         """Jump a chain forward to a writer's snapshot and acknowledge where it now stands."""
         result = self.replica.ingest_checkpoint(message.data, source=self.peer_name)
         rows: tuple[FrontierRow, ...] = ()
         if result.chain:
-            seq = self.replica.chain_seq(result.scope, result.chain)
-            rows = (FrontierRow(result.scope, result.chain, seq),)
+            seq, last = self.replica.chain_head(result.scope, result.chain)
+            rows = (FrontierRow(result.scope, result.chain, seq, last),)
         self._queue(encode_message(Ack(rows)))
 
     def handle_ack(self, ack: Ack) -> None:
         """Advance the peer's frontiers, settle sync debt, and send the next batch."""
         self._in_flight = False
+        for row in ack.refused:
+            # Refused for a reason that cannot change: never again on this session, nor what
+            # follows it on that chain (it extends what was refused).
+            key = (row.scope, row.writer)
+            self._refused[key] = min(row.seq, self._refused.get(key, row.seq))
         self._merge_frontiers(ack.frontiers, reset=False)
         for row in ack.frontiers:
             key = (row.scope, row.writer)
             if row.seq < self._sent_upto.get(key, 0):
                 # Sent but not held: lost or parked behind a gap; send again from there.
                 self._sent_upto[key] = row.seq
+            self._compare_heads(row)
         if self.peer_name is not None:
             self.replica.acknowledge(
                 self.peer_name, [(r.scope, r.writer, r.seq) for r in ack.frontiers]
@@ -567,6 +621,9 @@ class SyncSession:
     def handle_authority(self, items: AuthorityItems) -> None:
         """Learn delegations, revocations and equivocation proofs (each verified on arrival)."""
         replica = self.replica
+        version = replica.authority_version
+        if items.digest:
+            self._peer_authority = items.digest  # where the peer stands, having sent these
         self._peer_items.update(hashlib.sha256(item).digest() for item in items.delegations)
         self._peer_items.update(hashlib.sha256(item).digest() for item in items.revocations)
         self._peer_items.update(_item_digest(a, b) for a, b in items.proofs)
@@ -577,6 +634,81 @@ class SyncSession:
                 replica.add_proof(first, second)
             except SouverixError:
                 continue
+        if replica.authority_version != version and self.state is SessionState.OPEN:
+            # We learned something: tell the peer where our shared authority now stands, so it
+            # knows whether we still lack anything (a session is not caught up until we don't).
+            self._send_frontiers()
+
+    # ------------------------------------------------------------------ forks
+
+    def _compare_heads(self, row: FrontierRow) -> None:
+        """The peer holds a chain at our own last seq, under another id: a fork. Show it ours.
+
+        The peer records the equivocation on receiving it, and walks back from there (see
+        :meth:`_walk_back`) to the first seq where the branches part.
+        """
+        if not row.last:
+            return
+        seq, last = self.replica.chain_head(row.scope, row.writer)
+        if seq and row.seq == seq and row.last != last and self._probe(row.scope, row.writer, seq):
+            self._note_fork(row.scope, row.writer, seq)
+
+    def _walk_back(self, scope: str, chain: str, seq: int, data: bytes) -> None:
+        """Follow a fork down to where the branches part.
+
+        The peer's envelope at ``seq`` conflicts with ours; if it extends another ``seq - 1``
+        than ours, the branches part earlier, so show the peer ours there too.
+        """
+        if seq <= 1:
+            return
+        try:
+            prev = read_header(data).prev
+        except SouverixError:
+            return
+        ours = self.replica.envelope_at(scope, chain, seq - 1)
+        if ours is not None and envelope_id(ours) != prev and self._probe(scope, chain, seq - 1):
+            self._note_fork(scope, chain, seq - 1)
+
+    def _note_fork(self, scope: str, chain: str, seq: int) -> None:
+        # Until a proof at ``seq`` or below is known here, the session is not caught up, and
+        # each tick shows the peer our envelope at ``seq`` again (it may have been lost) — a
+        # bounded number of times.
+        key = (scope, chain)
+        held = self._forks.get(key)
+        if held is None or seq < held[0]:
+            self._forks[key] = [seq, 0]
+
+    def _forks_open(self) -> bool:
+        """True while a fork this session found waits for its proof here."""
+        for key, (seq, tries) in list(self._forks.items()):
+            cut = self.replica.chain_cut(*key)
+            if (cut is not None and cut <= seq) or tries >= _FORK_PROBES:
+                del self._forks[key]
+        return bool(self._forks)
+
+    def _probe_forks(self) -> None:
+        if self._forks_open():
+            for (scope, chain), entry in self._forks.items():
+                entry[1] += 1
+                self._probe(scope, chain, entry[0])
+
+    def _probe(self, scope: str, chain: str, seq: int) -> bool:
+        """Send our envelope at ``seq`` of a chain, once per tick, outside the batch flow.
+
+        Returns whether we hold one to send (sent now, or already since the last tick).
+        """
+        key = (scope, chain, seq)
+        if key in self._probed:
+            return True
+        if not self.replica.interested(self._interest(), Scope.parse(scope)):
+            return False
+        data = self.replica.envelope_at(scope, chain, seq)
+        if data is None:
+            return False
+        self._probed.add(key)
+        self.probes_sent += 1
+        self._queue(encode_message(Envelopes((data,))))
+        return True
 
     # ------------------------------------------------------------------ sending
 
@@ -645,15 +777,17 @@ class SyncSession:
         def fresh(items: Iterable[bytes]) -> tuple[bytes, ...]:
             return tuple(i for i in items if hashlib.sha256(i).digest() not in known)
 
+        digest, _ = self._shared_authority()
         items = AuthorityItems(
             delegations=fresh(delegations),
             revocations=fresh(revocations),
             proofs=tuple(p for p in proofs if _item_digest(*p) not in known),
+            digest=digest,
         )
         if repeat_all and not (items.delegations or items.revocations or items.proofs):
             # The peer's digest still differs after everything was sent once: a frame was
             # lost (or an item reached it another way). Send them all.
-            items = AuthorityItems(tuple(delegations), tuple(revocations), tuple(proofs))
+            items = AuthorityItems(tuple(delegations), tuple(revocations), tuple(proofs), digest)
         known.update(hashlib.sha256(d).digest() for d in items.delegations)
         known.update(hashlib.sha256(r).digest() for r in items.revocations)
         known.update(_item_digest(a, b) for a, b in items.proofs)
@@ -666,6 +800,8 @@ class SyncSession:
         if self.state is SessionState.CLOSED or grant is None:
             return
         if self.replica.authority.is_cut(grant, grant.scope, _BEYOND):
+            if self.state is SessionState.OPEN:
+                self._send_authority()  # the revoked plane learns why, then the session ends
             self.close(f"{grant.plane}'s key is revoked")
             return
         if self.state is SessionState.OPEN:
@@ -692,7 +828,15 @@ class SyncSession:
         if not interest:
             return []
         lacking = []
-        for scope, chain, seq, _ in self.replica.frontiers(interest):
+        replica = self.replica
+        refused = self._refused
+        for scope, chain, held, _ in replica.frontiers(interest):
+            seq = held
+            if refused:
+                # The peer refused an envelope of this chain for good: offer nothing from it.
+                stop = refused.get((scope, chain))
+                if stop is not None:
+                    seq = min(seq, stop - 1)
             have = self._peer_seq.get((scope, chain), 0)
             if not acknowledged:
                 have = max(have, self._sent_upto.get((scope, chain), 0))
@@ -706,10 +850,12 @@ class SyncSession:
         budget = self.batch_size
         items: list[bytes] = []
         chains: list[str] = []
-        for scope, chain, have, _ in self._lacking():
+        for scope, chain, have, upto in self._lacking():
             if budget <= 0:
                 break
-            checkpoint, batch = self.replica.catch_up(scope, chain, have, budget)
+            # Never past ``upto``: the log may hold more than counts (an equivocation's cut) or
+            # than the peer will take (what it refused for good).
+            checkpoint, batch = self.replica.catch_up(scope, chain, have, min(budget, upto - have))
             if checkpoint is not None:
                 # The log the peer needs was compacted: the snapshot goes alone, as the
                 # unit in flight, and the envelopes after it follow its ack.
