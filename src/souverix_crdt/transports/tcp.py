@@ -104,6 +104,8 @@ DEFAULT_BACKOFF: Final = Backoff()
 # The stream buffer's flow-control mark: the kernel is asked to hold further data once this much
 # is buffered and unread. Frames larger than it still arrive (readexactly resumes reading).
 _STREAM_LIMIT: Final = 256 * 1024
+# asyncio's own default listen backlog, kept as the least one.
+_MIN_BACKLOG: Final = 100
 # Frames up to this size leave in one write together with their header (one segment instead of
 # two under TCP_NODELAY); larger ones are written separately so the body is never copied.
 _COALESCE_LIMIT: Final = 64 * 1024
@@ -672,13 +674,17 @@ class TcpServer:
         # TLS is started per connection once it is admitted (see _serve), not by asyncio at
         # accept time: a connection over the cap is then refused before it costs a handshake,
         # and one that is still handshaking counts against the cap.
+        # A backlog as deep as the cap: a burst of connections reaches the cap's judgement (and
+        # is refused or timed out there) instead of stalling unaccepted in the kernel, where an
+        # honest newcomer would stall behind it. The kernel clamps it (somaxconn).
+        backlog = max(_MIN_BACKLOG, limits.max_connections)
         if sock is not None:
             server._server = await asyncio.start_server(
-                server._accept, sock=sock, limit=_STREAM_LIMIT
+                server._accept, sock=sock, limit=_STREAM_LIMIT, backlog=backlog
             )
         else:
             server._server = await asyncio.start_server(
-                server._accept, host, port, limit=_STREAM_LIMIT
+                server._accept, host, port, limit=_STREAM_LIMIT, backlog=backlog
             )
         # Kept, not looked up: a closed asyncio server no longer lists its sockets.
         server._port = server._server.sockets[0].getsockname()[1]
