@@ -466,7 +466,11 @@ def _limits(read: _Reader, value: object, tick_s: float) -> dict[str, Any]:
         field = f"limits.{name}"
         if name not in names:
             close = _close_matches(name, names)
-            hint = f"did you mean {' or '.join(close)}?" if close else "see souverix_crdt.limits"
+            hint = (
+                f"did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else f"expected one of: {', '.join(names)}"
+            )
             raise read.fail(field, f"unknown limit ({hint})", "unknown-field")
         if isinstance(getattr(DEFAULT_LIMITS, name), float):
             changes[name] = read.duration_s(item, field)
