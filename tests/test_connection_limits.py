@@ -411,6 +411,11 @@ def test_the_limits_mapping_overrides_by_field_name() -> None:
     assert parse_peer_config(BASE).limits == DEFAULT_LIMITS
 
 
+def test_a_tick_longer_than_the_default_idle_timeout_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"limits.idle_timeout: 300 s \(the default\)"):
+        parse_peer_config(BASE + "sync: {tick: 10m}\n")
+
+
 @pytest.mark.parametrize(
     ("limits", "field", "detail"),
     [

@@ -456,7 +456,7 @@ def _sync(read: _Reader, value: object) -> dict[str, Any]:
 
 def _limits(read: _Reader, value: object, tick_s: float) -> dict[str, Any]:
     if value is None:
-        return {}
+        value = {}
     if not isinstance(value, dict):
         raise read.fail("limits", f"expected a mapping, got {type(value).__name__}", "type")
     names = Limits.field_names()
@@ -482,10 +482,11 @@ def _limits(read: _Reader, value: object, tick_s: float) -> dict[str, Any]:
         raise read.fail("limits.max_frame", f"at most {MAX_FRAME_LIMIT} (a 4-byte frame header)")
     limits = DEFAULT_LIMITS.evolve(**changes)
     if not limits.idle_timeout > tick_s:
+        given = "" if "idle_timeout" in changes else " (the default)"
         raise read.fail(
             "limits.idle_timeout",
-            f"{limits.idle_timeout:g} s must exceed sync.tick ({tick_s:g} s): a quiet session "
-            "sends something only once per tick, and would be closed as idle",
+            f"{limits.idle_timeout:g} s{given} must exceed sync.tick ({tick_s:g} s): a quiet "
+            "session sends something only once per tick, and would be closed as idle",
         )
     return {"limits": limits}
 
