@@ -264,8 +264,10 @@ class Attacker:
         self.reading: asyncio.Task[None] | None = None
 
     async def connect(self, port: int) -> None:
-        reader, self.writer = await asyncio.open_connection(HOST, port, local_addr=(self.source, 0))
+        # Stamped before connecting: never later than the process accepted it, so a lifetime
+        # measured here is never shorter than the one the process gave the connection.
         self.opened = time.monotonic()
+        reader, self.writer = await asyncio.open_connection(HOST, port, local_addr=(self.source, 0))
         self.reading = asyncio.ensure_future(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -349,7 +351,7 @@ def test_a_thousand_idle_connections_are_closed_after_the_idle_timeout(
     # The honest edge synced during the flood, not after it.
     assert still_open == IDLE_FLOOD
     # Closed by the idle timeout: not refused at once, not left open.
-    assert lifetimes[0] >= IDLE_TIMEOUT / 2
+    assert lifetimes[0] >= IDLE_TIMEOUT * 0.95
     assert lifetimes[-1] <= IDLE_TIMEOUT + SLACK
 
 
@@ -457,7 +459,7 @@ def test_clients_that_never_authenticate_are_dropped_after_the_handshake_timeout
         f"{len(lifetimes)} unauthenticated connections dropped after "
         f"{lifetimes[0]:.2f}..{lifetimes[-1]:.2f} s"
     )
-    assert lifetimes[0] >= HANDSHAKE_TIMEOUT / 2
+    assert lifetimes[0] >= HANDSHAKE_TIMEOUT * 0.95
     assert lifetimes[-1] <= HANDSHAKE_TIMEOUT + SLACK
     for attacker in silent + chatty:
         last = decode_message(attacker.frames()[-1])
