@@ -18,6 +18,27 @@ relative paths are read from the file's own folder::
       tick: 5s                          # silence after which a session re-sends its hello
       retry: {initial: 200ms, maximum: 5s}
       watch: 250ms                      # how often the store is checked for outside writes
+    limits:                             # all optional: any field of souverix_crdt.limits.Limits
+      max_connections: 512              # connections served at once, in all
+      max_connections_per_address: 64   # ... and from one remote address
+      handshake_timeout: 10s            # to authenticate a session (and finish TLS)
+      idle_timeout: 5m                  # silence after which a connection is closed
+      max_frame: 16777216               # bytes
+
+Limits
+    ``limits:`` overrides the budgets of :class:`~.limits.Limits` for this process, by their
+    field names; durations (``handshake_timeout``, ``idle_timeout``) are written like
+    ``sync.tick`` (``10s``, ``250ms``), every other budget is a positive integer. An unknown
+    name is refused, naming the field and the closest known one. The replica gets the whole
+    value (``Replica(limits=...)``). The TCP server sheds load by it: a connection over
+    ``max_connections`` or over ``max_connections_per_address`` is reset at once, before any
+    TLS handshake, and never evicts a held one (refusals are logged once per 10 s with their
+    count); a session whose peer has not authenticated within ``handshake_timeout`` is closed
+    with a close message saying so; a connection, served or dialled, that sends no whole frame
+    for ``idle_timeout`` is aborted. ``idle_timeout`` must exceed ``sync.tick``, since a quiet
+    session sends something once per tick. Connections dropped before they authenticated are
+    reported together, once per 10 s. The process raises its own open-file limit (up to the
+    hard limit) to hold ``max_connections``, and says so when it cannot.
 
 TLS (TCP only)
     ``tls: true`` runs every connection inside TLS 1.3 with the key directory's material
@@ -80,9 +101,17 @@ import yaml
 
 from .authority import Grant
 from .backoff import Backoff
-from .errors import ConfigError, KeyFileError, SouverixError, TransportError, UnknownPlaneError
+from .errors import (
+    ConfigError,
+    KeyFileError,
+    SouverixError,
+    TransportError,
+    UnknownPlaneError,
+    _close_matches,
+)
 from .keydir import load_revocations
 from .keyring import FederationKeys, load_keys
+from .limits import DEFAULT_LIMITS, Limits
 from .replica import IngestOutcome, Replica
 from .scope import Scope
 from .store.base import Batch
@@ -91,7 +120,13 @@ from .sync.driver import SessionStats, run_session
 from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
 from .topology import parse_duration
 from .transports.base import Transport
-from .transports.tcp import TcpServer, TcpTransport, connect_with_backoff
+from .transports.tcp import (
+    MAX_FRAME_LIMIT,
+    TcpServer,
+    TcpTransport,
+    ThrottledReport,
+    connect_with_backoff,
+)
 from .transports.tls import client_context, key_directory_files, server_context
 
 __all__ = [
@@ -130,6 +165,7 @@ _TOP_FIELDS: Final = frozenset(
         "downstream",
         "sync",
         "tls",
+        "limits",
     }
 )
 _SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch"})
@@ -140,6 +176,10 @@ _NATS_FIELDS: Final = frozenset({"url", "user", "password_file"})
 _TRANSPORTS: Final = ("tcp", "nats")
 # Envelopes read from the store per ingest call when taking in writes made by other processes.
 _WATCH_PAGE: Final = 256
+# Descriptors a peer process needs besides its connections: the store, its watcher, the
+# listening socket, the upstream link, NATS, logs.
+_SPARE_FILES: Final = 64
+_DEFAULT_TICK_S: Final = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +251,7 @@ class PeerConfig:
         retry: The reconnect schedule.
         watch_s: Seconds between looks at the store for writes of other processes.
         tls: TLS for TCP connections, or ``None`` for plain TCP.
+        limits: The budgets of the replica and the process (the ``limits:`` mapping).
         source: The file it was read from.
     """
 
@@ -226,10 +267,11 @@ class PeerConfig:
     upstream: PeerLink | None = None
     downstream: tuple[PeerLink, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
-    tick_s: float = 5.0
+    tick_s: float = _DEFAULT_TICK_S
     retry: Backoff = DEFAULT_RETRY
     watch_s: float = 0.25
     tls: PeerTls | None = None
+    limits: Limits = DEFAULT_LIMITS
     source: str = "<string>"
 
     @property
@@ -412,6 +454,43 @@ def _sync(read: _Reader, value: object) -> dict[str, Any]:
     return options
 
 
+def _limits(read: _Reader, value: object, tick_s: float) -> dict[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise read.fail("limits", f"expected a mapping, got {type(value).__name__}", "type")
+    names = Limits.field_names()
+    changes: dict[str, float] = {}
+    for key, item in value.items():
+        name = str(key)
+        field = f"limits.{name}"
+        if name not in names:
+            close = _close_matches(name, names)
+            hint = (
+                f"did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else f"expected one of: {', '.join(names)}"
+            )
+            raise read.fail(field, f"unknown limit ({hint})", "unknown-field")
+        if isinstance(getattr(DEFAULT_LIMITS, name), float):
+            changes[name] = read.duration_s(item, field)
+        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
+            changes[name] = item
+        else:
+            raise read.fail(field, f"expected a positive integer, got {item!r}", "type")
+    if changes.get("max_frame", 0) > MAX_FRAME_LIMIT:
+        raise read.fail("limits.max_frame", f"at most {MAX_FRAME_LIMIT} (a 4-byte frame header)")
+    limits = DEFAULT_LIMITS.evolve(**changes)
+    if not limits.idle_timeout > tick_s:
+        given = "" if "idle_timeout" in changes else " (the default)"
+        raise read.fail(
+            "limits.idle_timeout",
+            f"{limits.idle_timeout:g} s{given} must exceed sync.tick ({tick_s:g} s): a quiet "
+            "session sends something only once per tick, and would be closed as idle",
+        )
+    return {"limits": limits}
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """One line: where and what, without PyYAML's ``in "<unicode string>"`` stream names."""
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -517,6 +596,7 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
     plane = read.text(top["plane"], "plane")
     links = _links(read, top, plane, dialled=top.get("transport", "tcp") == "tcp")
     keys = folder / read.text(top["keys"], "keys")
+    sync = _sync(read, top.get("sync"))
     return PeerConfig(
         plane=plane,
         keys=keys,
@@ -524,8 +604,9 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
         source=file,
         **links,
         **_transport(read, top, folder, has_downstream=bool(links["downstream"])),
-        **_sync(read, top.get("sync")),
+        **sync,
         **_tls(read, top, folder, keys, plane),
+        **_limits(read, top.get("limits"), sync.get("tick_s", _DEFAULT_TICK_S)),
     )
 
 
@@ -588,7 +669,11 @@ def open_replica(
     store = SqliteStore.open(config.store)
     try:
         return Replica(
-            federation.identity(config.plane), federation.anchors, store, name=config.plane
+            federation.identity(config.plane),
+            federation.anchors,
+            store,
+            name=config.plane,
+            limits=config.limits,
         )
     except BaseException:
         store.close()
@@ -631,6 +716,7 @@ class _SessionLog:
     settled: bool = False
     certificate_required: bool = False
     certificate: str | None = None
+    authenticated: bool = False
 
 
 class _Observed(Transport):
@@ -687,6 +773,9 @@ class PeerProcess:
         self._authority_seen = (-1, -1)
         self._server_tls: SSLContext | None = None
         self._client_tls: SSLContext | None = None
+        # Connections dropped before they authenticated (handshake timeouts, idle or garbage
+        # clients, refused keys): a flood of them is one line per interval, not one per client.
+        self._unauthenticated = ThrottledReport(self._report_unauthenticated)
 
     @property
     def port(self) -> int | None:
@@ -696,6 +785,10 @@ class PeerProcess:
     def say(self, message: str) -> None:
         """Write one progress line, prefixed with the plane's name."""
         self._log(f"{self.config.plane}: {message}")
+
+    def _report_unauthenticated(self, count: int, latest: str) -> None:
+        several = "connection" if count == 1 else f"{count} connections"
+        self.say(f"dropped {several} that did not authenticate (latest: {latest})")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -739,12 +832,14 @@ class PeerProcess:
         config = self.config
         if config.listen_port is not None:
             address = f"{config.listen_host}:{config.listen_port}"
+            self._fit_open_files()
             try:
                 self.server = await TcpServer.start(
                     config.listen_host,
                     config.listen_port,
                     handler=self._serve,
                     ssl=self._server_tls,
+                    limits=config.limits,
                 )
             except OSError as exc:
                 # Name the field to change: the bare socket error says neither file nor field.
@@ -764,6 +859,33 @@ class PeerProcess:
         upstream = config.upstream
         if upstream is not None:
             self._tasks.append(asyncio.ensure_future(self._dial_loop(upstream)))
+
+    def _fit_open_files(self) -> None:
+        """Raise the soft open-file limit (up to the hard one) to hold ``max_connections``.
+
+        Past the limit the kernel refuses ``accept`` itself, and asyncio then stops accepting
+        for a second: every peer, honest or not, would be turned away, where the connection
+        cap turns away only the newcomers over it.
+        """
+        try:
+            import resource  # noqa: PLC0415 - POSIX only
+        except ImportError:  # pragma: no cover - Windows has no such limit to raise
+            return
+        needed = self.config.limits.max_connections + _SPARE_FILES
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        if soft < needed:
+            self.say(
+                f"the open-file limit ({soft}) is below limits.max_connections "
+                f"({self.config.limits.max_connections}) + {_SPARE_FILES}: connections past "
+                f"about {max(0, soft - _SPARE_FILES)} will fail; raise ulimit -n or lower "
+                "limits.max_connections"
+            )
 
     def _nats_password(self) -> str | None:
         config = self.config
@@ -887,6 +1009,7 @@ class PeerProcess:
             await asyncio.wait([*tasks, *self._sessions])
         if self.server is not None:
             await self.server.close()
+        self._unauthenticated.flush()
         if self._nats is not None:
             connection, self._nats = self._nats, None
             with contextlib.suppress(Exception):
@@ -923,6 +1046,8 @@ class PeerProcess:
                 peer=link.name,
                 ssl=tls,
                 server_hostname=link.name if tls is not None else None,
+                max_frame=self.config.limits.max_frame,
+                read_timeout=self.config.limits.idle_timeout,
             )
             announced = False
             return transport
@@ -957,7 +1082,12 @@ class PeerProcess:
             if isinstance(transport, TcpTransport):
                 state.certificate = transport.peer_certificate_name
         stats = await self._session(transport, expected=None, state=state)
-        self.say(f"session from {transport.peer} ended ({stats.reason.value})")
+        if not state.authenticated:
+            why = str(stats.error) if stats.error is not None else stats.close_reason
+            self._unauthenticated.add(f"{transport.peer}: {why or stats.reason.value}")
+            return
+        detail = f"{stats.reason.value}" + (f": {stats.error}" if stats.error else "")
+        self.say(f"session from {transport.peer} ended ({detail})")
 
     async def _session(
         self, transport: Transport, *, expected: str | None, state: _SessionLog | None = None
@@ -987,13 +1117,19 @@ class PeerProcess:
         session = SyncSession(replica, batch_size=self.config.batch_size, accept=accept)
         observed = _Observed(transport, lambda: self._observe(session, state))
         task = asyncio.ensure_future(
-            run_session(session, observed, tick_interval=self.config.tick_s)
+            run_session(
+                session,
+                observed,
+                tick_interval=self.config.tick_s,
+                handshake_timeout=self.config.limits.handshake_timeout,
+            )
         )
         self._sessions.add(task)
         try:
             return await task
         finally:
             self._sessions.discard(task)
+            state.authenticated = session.peer_name is not None
             with contextlib.suppress(TransportError, OSError):
                 await transport.close()
             if session.peer_name and self.replica is not None:

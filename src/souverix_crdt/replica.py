@@ -86,6 +86,7 @@ from .errors import (
 )
 from .handles import ScopeHandle, Transaction, change_stream
 from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
+from .limits import DEFAULT_LIMITS, Limits
 from .lww import Strategy
 from .naming import plane_name
 from .refusals import META_PREFIX as REFUSED_META
@@ -380,6 +381,7 @@ class Replica:
         history_limit: Registers kept per key in history.
         max_pending: Items the pending area holds before refusing more.
         epoch: This incarnation's epoch (random by default; tests inject one).
+        limits: The budgets of this replica and its process (see :mod:`~.limits`).
     """
 
     def __init__(
@@ -394,8 +396,10 @@ class Replica:
         history_limit: int = 16,
         max_pending: int = DEFAULT_MAX_PENDING,
         epoch: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.identity = identity
+        self.limits = limits
         self.anchors = anchors
         self.fleet_id = anchors.fleet_id
         self.store = store

@@ -12,7 +12,10 @@ ends:
   ``max_protocol_errors`` of them the session is closed (a peer that only sends garbage is not
   kept busy for ever);
 * calls :meth:`SyncSession.tick` when nothing arrived for ``tick_interval`` seconds, which repairs
-  lost batches and acks (this is the only timer in sync, and it lives here, not in the session).
+  lost batches and acks (this is the only timer in sync, and it lives here, not in the session);
+* with a ``handshake_timeout``, closes the session if its peer has not authenticated that many
+  seconds after the start (a client that connects and never proves its key holds nothing for
+  long). The wait is an injectable ``sleep``, so tests decide when the deadline passes.
 
 It stops when the session closes (after sending its close message), or when the transport is
 closed or broken, and returns a :class:`SessionStats`. It never closes the transport, which
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -237,12 +241,23 @@ def _stop_reason(error: TransportError) -> StopReason:
     return StopReason.TRANSPORT_BROKEN
 
 
+async def _handshake_deadline(
+    session: SyncSession, timeout: float, sleep: Callable[[float], Awaitable[object]]
+) -> None:
+    await sleep(timeout)
+    if not session.authenticated:
+        # Queues the close (which wakes the driver to send it) and ends the run.
+        session.close(f"handshake not completed within {timeout:g} s")
+
+
 async def run_session(
     session: SyncSession,
     transport: Transport,
     *,
     tick_interval: float = DEFAULT_TICK_INTERVAL,
     max_protocol_errors: int | None = DEFAULT_MAX_PROTOCOL_ERRORS,
+    handshake_timeout: float | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> SessionStats:
     """Pump ``session`` over ``transport`` until either ends; see the module documentation.
 
@@ -251,6 +266,10 @@ async def run_session(
         transport: A connected transport to the session's peer; left open or closed as it is.
         tick_interval: Seconds without a frame from the peer after which the session ticks.
         max_protocol_errors: Refused frames after which the session is closed; ``None`` never.
+        handshake_timeout: Seconds the peer has, from the start, to authenticate
+            (:attr:`SyncSession.authenticated`); then the session is closed with a reason
+            saying so. ``None`` waits for ever.
+        sleep: Waits the given seconds, for the handshake deadline; tests pass a fake.
 
     Returns:
         What happened. The session is closed when this returns, and also when it raises or is
@@ -259,10 +278,12 @@ async def run_session(
     Raises:
         FrameTooLargeError: if a frame the session made is larger than the transport accepts
             (``batch_size`` too large for ``max_frame``).
-        ValueError: if ``tick_interval`` is not positive.
+        ValueError: if ``tick_interval`` or ``handshake_timeout`` is not positive.
     """
     if not tick_interval > 0:
         raise ValueError(f"tick_interval must be > 0, got {tick_interval!r}")
+    if handshake_timeout is not None and not handshake_timeout > 0:
+        raise ValueError(f"handshake_timeout must be None or > 0, got {handshake_timeout!r}")
     driver = _Driver(session, transport, tick_interval, max_protocol_errors)
     previous = session.on_output
 
@@ -272,10 +293,15 @@ async def run_session(
             previous()
 
     session.on_output = on_output
+    deadline = None
+    if handshake_timeout is not None and not session.authenticated:
+        deadline = asyncio.ensure_future(_handshake_deadline(session, handshake_timeout, sleep))
     stopped: tuple[StopReason, TransportError | None] | None = None
     try:
         stopped = await driver.run()
     finally:
+        if deadline is not None:
+            deadline.cancel()
         session.on_output = previous
         if session.state is not SessionState.CLOSED:
             why = "driver stopped" if stopped is None else f"{stopped[0].value}: {stopped[1]}"

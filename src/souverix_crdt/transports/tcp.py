@@ -31,14 +31,27 @@ Three ways in::
 Each server connection runs its handler in its own task; whatever the handler raises is logged
 and counted there, and the connection is closed when the handler returns, so one hostile client
 never disturbs the others.
+
+A server sheds load by the budgets of a :class:`~souverix_crdt.limits.Limits` value: at most
+``max_connections`` connections at once and ``max_connections_per_address`` from one remote
+address. A connection over either cap is reset as soon as it is accepted, before its TLS
+handshake and before a byte of it is read, and counted in :attr:`TcpServer.refused`; the
+connections already held are never evicted for it. Refusals are logged at most once per
+``log_interval`` (a flood costs one line, with its count). A connection that sends no whole
+frame for ``idle_timeout`` seconds is aborted (its receive raises ``TransportBrokenError``
+with reason ``"timeout"``), and one that does not finish its TLS handshake within
+``handshake_timeout`` seconds is dropped. The *session* handshake deadline belongs to whoever
+runs the session over the connection (:func:`~souverix_crdt.sync.driver.run_session`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from ssl import SSLContext, SSLError
 from typing import Final
@@ -50,6 +63,7 @@ from souverix_crdt.errors import (
     TransportClosedError,
     TransportError,
 )
+from souverix_crdt.limits import DEFAULT_LIMITS, Limits
 
 from .base import DEFAULT_MAX_FRAME, Transport
 from .tls import certificate_plane_name
@@ -59,11 +73,13 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_LOG_INTERVAL",
     "HEADER_SIZE",
     "MAX_FRAME_LIMIT",
     "Handler",
     "TcpServer",
     "TcpTransport",
+    "ThrottledReport",
     "connect",
     "connect_with_backoff",
 ]
@@ -76,8 +92,10 @@ HEADER_SIZE: Final = 4
 MAX_FRAME_LIMIT: Final = 2 ** (8 * HEADER_SIZE) - 1
 #: Seconds :func:`connect` waits for the connection (and the TLS handshake) by default.
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
-#: Seconds a server waits for a client's TLS handshake by default.
-DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+#: Seconds a server waits for a client's TLS handshake by default (the limits' own default).
+DEFAULT_HANDSHAKE_TIMEOUT: Final = DEFAULT_LIMITS.handshake_timeout
+#: Seconds between two log lines about refused connections, at most.
+DEFAULT_LOG_INTERVAL: Final = 10.0
 #: Seconds :meth:`TcpTransport.close` waits for a graceful close before aborting.
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 #: The retry schedule :func:`connect_with_backoff` uses unless told otherwise.
@@ -86,6 +104,8 @@ DEFAULT_BACKOFF: Final = Backoff()
 # The stream buffer's flow-control mark: the kernel is asked to hold further data once this much
 # is buffered and unread. Frames larger than it still arrive (readexactly resumes reading).
 _STREAM_LIMIT: Final = 256 * 1024
+# asyncio's own default listen backlog, kept as the least one.
+_MIN_BACKLOG: Final = 100
 # Frames up to this size leave in one write together with their header (one segment instead of
 # two under TCP_NODELAY); larger ones are written separately so the body is never copied.
 _COALESCE_LIMIT: Final = 64 * 1024
@@ -106,6 +126,79 @@ def _address(writer: asyncio.StreamWriter) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address or "?")
+
+
+def _host(writer: asyncio.StreamWriter) -> str:
+    """The remote address without its port: what the per-address cap counts."""
+    address = writer.get_extra_info("peername")
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "?")
+
+
+class ThrottledReport:
+    """Counts events and reports them at most once per ``interval`` seconds.
+
+    The first event is reported at once. Later ones within the interval are counted and
+    reported together when it ends (by a timer on the running event loop, or by
+    :meth:`flush`), so a flood costs one line per interval instead of one per event, and no
+    event goes uncounted.
+
+    Args:
+        emit: Called with the number of events in the report and the latest one's detail.
+        interval: Least seconds between two reports.
+        clock: Seconds on a monotonic clock (injected in tests).
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[int, str], None],
+        *,
+        interval: float = DEFAULT_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not interval >= 0:
+            raise ValueError(f"interval must be >= 0, got {interval!r}")
+        self._emit = emit
+        self.interval = interval
+        self._clock = clock
+        self._count = 0
+        self._latest = ""
+        self._next: float | None = None  # when the next report may go out
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events counted but not reported yet."""
+        return self._count
+
+    def add(self, detail: str) -> None:
+        """Count one event; report now if the interval allows, else soon."""
+        self._count += 1
+        self._latest = detail
+        now = self._clock()
+        if self._next is None or now >= self._next:
+            self.flush()
+            return
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next add reports it
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._next - now, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Report the events counted so far, if any, and start a new interval."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._count == 0:
+            return
+        count, self._count = self._count, 0
+        self._next = self._clock() + self.interval
+        self._emit(count, self._latest)
 
 
 class TcpTransport(Transport):
@@ -470,15 +563,25 @@ async def connect_with_backoff(
 
 
 class TcpServer:
-    """Accepts connections and runs a handler for each, in its own task.
+    """Accepts connections and runs a handler for each, in its own task, within its limits.
 
     Start one with :meth:`start`. Every accepted connection becomes a :class:`TcpTransport`
     passed to ``handler``; when the handler returns (or raises, or the server closes) the
     connection is closed. What a handler raises is logged and counted in :attr:`failures`, never
     propagated: one bad client cannot reach another's connection or the server.
 
+    A connection over ``limits.max_connections`` in all, or over
+    ``limits.max_connections_per_address`` from its remote address, is reset at once (before its
+    TLS handshake, before anything of it is read), counted in :attr:`refused` and logged at most
+    once per ``log_interval``; established connections are never evicted for a newcomer.
+
     Attributes:
-        accepted: Connections accepted so far.
+        limits: The budgets the server applies (``max_connections``,
+            ``max_connections_per_address``; ``idle_timeout``, ``handshake_timeout`` and
+            ``max_frame`` unless overridden when it started).
+        accepted: Connections accepted so far (refused ones not included).
+        refused: Connections reset at once because a connection cap was reached.
+        refused_per_address: Of those, the ones refused by the per-address cap.
         failures: Handlers that ended with an exception (cancellation by :meth:`close` aside).
     """
 
@@ -486,20 +589,35 @@ class TcpServer:
         self,
         handler: Handler,
         *,
-        max_frame: int,
-        read_timeout: float | None,
-        close_timeout: float,
+        max_frame: int | None = None,
+        read_timeout: float | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        ssl: SSLContext | None = None,
+        handshake_timeout: float | None = None,
+        log_interval: float = DEFAULT_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.limits = limits
         self._handler = handler
-        self._max_frame = max_frame
-        self._read_timeout = read_timeout
+        self._max_frame = limits.max_frame if max_frame is None else max_frame
+        self._read_timeout = limits.idle_timeout if read_timeout is None else read_timeout
+        _check_options(self._max_frame, self._read_timeout)
         self._close_timeout = close_timeout
+        self._ssl = ssl
+        self._tls_timeout = (
+            limits.handshake_timeout if handshake_timeout is None else handshake_timeout
+        )
         self._server: asyncio.Server | None = None
         self._port = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._per_address: dict[str, int] = {}
         self._closing = False
         self.accepted = 0
+        self.refused = 0
+        self.refused_per_address = 0
         self.failures = 0
+        self._refusals = ThrottledReport(self._log_refusals, interval=log_interval, clock=clock)
 
     @classmethod
     async def start(
@@ -510,10 +628,13 @@ class TcpServer:
         handler: Handler,
         ssl: SSLContext | None = None,
         sock: socket.socket | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        limits: Limits = DEFAULT_LIMITS,
+        max_frame: int | None = None,
         read_timeout: float | None = None,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        log_interval: float = DEFAULT_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> TcpServer:
         """Listen on ``host:port`` (``port=0`` picks a free port; see :attr:`port`).
 
@@ -524,37 +645,46 @@ class TcpServer:
             ssl: A server TLS context; ``None`` for plain TCP.
             sock: An already bound socket to listen on instead of ``host`` and ``port``
                 (socket activation, or a port reserved in advance).
-            max_frame: See :class:`TcpTransport`.
-            read_timeout: See :class:`TcpTransport`.
-            handshake_timeout: Most seconds a client has to finish the TLS handshake.
+            limits: The connection caps and, unless the next arguments override them, the
+                frame size, idle timeout and TLS handshake timeout.
+            max_frame: See :class:`TcpTransport`; default ``limits.max_frame``.
+            read_timeout: Seconds a connection may go without sending a whole frame before it
+                is aborted (see :class:`TcpTransport`); default ``limits.idle_timeout``.
+            handshake_timeout: Most seconds a client has to finish the TLS handshake; default
+                ``limits.handshake_timeout``.
             close_timeout: See :class:`TcpTransport`.
+            log_interval: Least seconds between two log lines about refused connections.
+            clock: The monotonic clock those log lines are spaced by (injected in tests).
 
         Raises:
             OSError: if the address cannot be bound.
             ValueError: for an invalid ``max_frame`` or ``read_timeout``.
         """
-        _check_options(max_frame, read_timeout)
         server = cls(
-            handler, max_frame=max_frame, read_timeout=read_timeout, close_timeout=close_timeout
+            handler,
+            max_frame=max_frame,
+            read_timeout=read_timeout,
+            close_timeout=close_timeout,
+            limits=limits,
+            ssl=ssl,
+            handshake_timeout=handshake_timeout,
+            log_interval=log_interval,
+            clock=clock,
         )
-        # asyncio refuses a handshake timeout without TLS.
-        handshake = handshake_timeout if ssl is not None else None
+        # TLS is started per connection once it is admitted (see _serve), not by asyncio at
+        # accept time: a connection over the cap is then refused before it costs a handshake,
+        # and one that is still handshaking counts against the cap.
+        # A backlog as deep as the cap: a burst of connections reaches the cap's judgement (and
+        # is refused or timed out there) instead of stalling unaccepted in the kernel, where an
+        # honest newcomer would stall behind it. The kernel clamps it (somaxconn).
+        backlog = max(_MIN_BACKLOG, limits.max_connections)
         if sock is not None:
             server._server = await asyncio.start_server(
-                server._accept,
-                sock=sock,
-                ssl=ssl,
-                limit=_STREAM_LIMIT,
-                ssl_handshake_timeout=handshake,
+                server._accept, sock=sock, limit=_STREAM_LIMIT, backlog=backlog
             )
         else:
             server._server = await asyncio.start_server(
-                server._accept,
-                host,
-                port,
-                ssl=ssl,
-                limit=_STREAM_LIMIT,
-                ssl_handshake_timeout=handshake,
+                server._accept, host, port, limit=_STREAM_LIMIT, backlog=backlog
             )
         # Kept, not looked up: a closed asyncio server no longer lists its sockets.
         server._port = server._server.sockets[0].getsockname()[1]
@@ -576,13 +706,76 @@ class TcpServer:
 
     @property
     def connections(self) -> int:
-        """Connections whose handler is still running."""
+        """Connections held: being handshaken or served."""
         return len(self._tasks)
+
+    def connections_from(self, address: str) -> int:
+        """Connections held from one remote address (without its port)."""
+        return self._per_address.get(address, 0)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._closing:  # accepted while closing: nobody will serve it
             writer.transport.abort()
             return
+        host = _host(writer)
+        limits = self.limits
+        held = self._per_address.get(host, 0)
+        if len(self._tasks) >= limits.max_connections:
+            self._refuse(writer, f"max_connections={limits.max_connections} reached")
+            return
+        if held >= limits.max_connections_per_address:
+            self.refused_per_address += 1
+            self._refuse(
+                writer,
+                f"max_connections_per_address={limits.max_connections_per_address} "
+                f"reached by {host}",
+            )
+            return
+        self._per_address[host] = held + 1
+        self.accepted += 1
+        task = asyncio.get_running_loop().create_task(
+            self._serve(reader, writer), name=f"souverix-tcp {_address(writer)}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._release(done, host))
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        # A reset, not a graceful close: nothing is owed to a connection over the cap, and
+        # its descriptor is freed at once.
+        self.refused += 1
+        self._refusals.add(f"latest from {_address(writer)}: {why}")
+        writer.transport.abort()
+
+    def _log_refusals(self, count: int, latest: str) -> None:
+        logger.warning(
+            "refused %d connection%s over the connection cap (%s); %d refused in all",
+            count,
+            "" if count == 1 else "s",
+            latest,
+            self.refused,
+        )
+
+    def _release(self, task: asyncio.Task[None], host: str) -> None:
+        self._tasks.discard(task)
+        left = self._per_address.get(host, 0) - 1
+        if left > 0:
+            self._per_address[host] = left
+        else:
+            self._per_address.pop(host, None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._ssl is not None:
+            # Nothing may be awaited before this: the client's first TLS bytes must reach the
+            # TLS layer, not the plain stream buffer.
+            try:
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=self._tls_timeout)
+            except (OSError, TimeoutError, EOFError) as exc:  # SSLError is an OSError
+                logger.info("TLS handshake with %s failed: %s", _address(writer), exc)
+                writer.transport.abort()
+                return
+            except BaseException:
+                writer.transport.abort()
+                raise
         transport = TcpTransport(
             reader,
             writer,
@@ -590,14 +783,6 @@ class TcpServer:
             read_timeout=self._read_timeout,
             close_timeout=self._close_timeout,
         )
-        self.accepted += 1
-        task = asyncio.get_running_loop().create_task(
-            self._serve(transport), name=f"souverix-tcp {transport.peer}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, transport: TcpTransport) -> None:
         try:
             await self._handler(transport)
         except FrameTooLargeError as exc:
@@ -625,3 +810,4 @@ class TcpServer:
         if tasks:
             await asyncio.wait(tasks)
         await self._server.wait_closed()
+        self._refusals.flush()
