@@ -435,3 +435,16 @@ def test_max_pending_still_bounds_the_pending_area_in_all() -> None:
     region.add_delegations(link.encode() for link in FLEET["edge-a1"].chain)
     results = region.ingest_many([e.data for e in gapped(FLEET["edge-a1"], 5, epoch=1)])
     assert reasons(results) == {"pending_total": 2}
+
+
+def test_garbage_under_ever_new_chains_uses_up_no_chain_budget_and_leaves_no_trace() -> None:
+    region = hub(MemoryStore(), SMALL.evolve(chains_per_writer=4))
+    edge = FLEET["edge-a1"]
+    garbage = [edge.seal(epoch=epoch, payload=b"not an update").data for epoch in range(500)]
+    results = region.ingest_many(garbage, source="edge-a1")
+    assert {type(r.error).__name__ for r in results} == {"InvalidUpdateError"}
+    assert region.frontiers() == []
+    assert region.policy.grants == {}
+    # The writer's honest next chain is still admitted: the garbage used none of its budget.
+    honest = edge.seal(epoch=1_000, payload=EMPTY_UPDATE)
+    assert region.ingest(honest.data, source="edge-a1").outcome is IngestOutcome.APPLIED

@@ -733,6 +733,8 @@ class Replica:
         del self._chains[key]
         self._frontier_keys.clear()
         if not any(other[1] == key[1] for other in self._chains):
+            # Nor its grant: a writer sending garbage under ever new chains leaves no trace.
+            self.policy.grants.pop(key[1], None)
             chains = self._writer_chains.get(chain_writer(key[1]))
             if chains is not None:
                 chains.discard(key[1])
@@ -1488,6 +1490,7 @@ class Replica:
                     header.seq,
                     error=refusal,
                 )
+        known = key in self._chains
         state = self._chain(key)
         base = IngestResult(IngestOutcome.APPLIED, b"", str(header.scope), header.chain, header.seq)
         if state.cut_from is not None and header.seq >= state.cut_from:
@@ -1503,6 +1506,8 @@ class Replica:
                 header.chain, header.seq, verified.state, max_hlc=header.hlc
             )
         except InvalidUpdateError as exc:
+            if not known:
+                self._discard_empty_chain(key)
             return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
         state.seq, state.last_id = header.seq, verified.last_id
         for seq in [s for s in state.pending if s <= header.seq]:
