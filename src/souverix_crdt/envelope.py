@@ -25,14 +25,22 @@ were edited. The envelope id is SHA-256 of the full envelope bytes as received.
 1. size (``TooLargeError``), outer array (``MalformedEnvelopeError``), version and algorithm
    (``UnsupportedVersionError``), canonical encoding, header schema;
 2. fleet id (``ForeignFleetError``, final: never pending);
-3. the leaf delegation the header names must be known (``UnknownDelegationError``: park it) and
-   be for the header's writer (``UntrustedKeyError``);
-4. the signature over the exact received header and payload bytes (``SignatureError``), before
+3. the caller's ``admit`` check on the header (a budget that refuses before any signature is
+   verified, so a refusal stays cheap);
+4. the leaf delegation the header names must be known and be for the header's writer
+   (``UntrustedKeyError``). When it is not known, the signature is still verified if the
+   writer's public key is (another delegation of the key that counts, or the named leaf waiting
+   in the parking area), and only then ``UnknownDelegationError`` is raised: the caller may
+   hold the envelope until the delegation arrives, within its budget;
+5. the signature over the exact received header and payload bytes (``SignatureError``), before
    anything reads the payload;
-5. the HLC is at most ``physical_now + max_offset`` (``QuarantinedError`` carrying the header);
 6. the chain, judged at the envelope's HLC (see :meth:`Authority.grant_for`);
 7. the scope lies in the granted subtree (``ScopeViolationError``);
-8. revocation cuts (``RevokedError``).
+8. revocation cuts (``RevokedError``);
+9. the HLC is at most ``physical_now + max_offset`` (``QuarantinedError`` carrying the header).
+   Last, so that only an envelope whose signature, chain, scope and revocation status all
+   verified is ever quarantined: validity is judged at the envelope's own HLC, so the verdict
+   it earns now is the one it would earn when its time comes.
 
 Capabilities per collection are left to the apply path (:meth:`Grant.allows_collection`), and so
 are sequence gaps, the ``prev`` chain and equivocation, which need the writer's log.
@@ -41,6 +49,7 @@ are sequence gaps, the ``prev`` chain and equivocation, which need the writer's 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 import attrs
@@ -512,6 +521,7 @@ def open_envelope(
     physical_now: int,
     max_offset: int,
     limits: Limits = DEFAULT_LIMITS,
+    admit: Callable[[EnvelopeHeader], None] | None = None,
 ) -> VerifiedEnvelope:
     """Verify an envelope received from anyone; the only way to get a :class:`VerifiedEnvelope`.
 
@@ -521,14 +531,18 @@ def open_envelope(
         physical_now: The local physical time in milliseconds (read by the caller's clock).
         max_offset: How far, in milliseconds, the envelope's HLC may lead ``physical_now``.
         limits: Decoding limits; ``limits.max_size`` bounds the whole envelope.
+        admit: Called with the decoded header before any signature is verified; raises to
+            refuse it (a receiver's budgets: a full one refuses without paying for a
+            verification).
 
     Raises:
-        TooLargeError: over the size limit.
+        TooLargeError: over the size limit (or raised by ``admit``).
         MalformedEnvelopeError: does not match the schema or is not canonically encoded.
         UnsupportedVersionError: unknown version or algorithm.
         ForeignFleetError: another fleet's envelope.
         UnknownDelegationError: its delegation (or a link of its chain) is not known yet; the
-            caller parks it in the pending area and retries when the delegation arrives.
+            caller parks it in the pending area and retries when the delegation arrives. The
+            signature was verified first whenever the writer's public key is known.
         UntrustedKeyError: the delegation is not the writer's, or the chain is not rooted in
             the fleet's anchors.
         SignatureError: the signature does not verify over the bytes received.
@@ -540,7 +554,12 @@ def open_envelope(
         RevokedError: the writer (or a key above it) is revoked and this write is past the cut.
     """
     raw, header, payload, identifier, grant = verify_signed(
-        data, authority, physical_now=physical_now, max_offset=max_offset, limits=limits
+        data,
+        authority,
+        physical_now=physical_now,
+        max_offset=max_offset,
+        limits=limits,
+        admit=admit,
     )
     return VerifiedEnvelope(
         _TOKEN, id=identifier, data=raw, header=header, payload=payload, grant=grant
@@ -555,6 +574,7 @@ def verify_signed(
     max_offset: int,
     limits: Limits = DEFAULT_LIMITS,
     domain: bytes = ENVELOPE_DOMAIN,
+    admit: Callable[[EnvelopeHeader], None] | None = None,
 ) -> tuple[bytes, EnvelopeHeader, bytes, bytes, Grant]:
     """Every check of :func:`open_envelope`, for any object in the envelope format.
 
@@ -572,9 +592,21 @@ def verify_signed(
             f"envelope of fleet {header.fleet_id!r} received by fleet {fleet_id!r}",
             fleet_id=header.fleet_id,
         )
+    if admit is not None:
+        admit(header)
     scope = str(header.scope)
+    message = signed_message(ALGORITHM, fleet_id, header_bytes, payload, domain=domain)
     leaf = authority.delegation(header.delegation)
     if leaf is None:
+        # Nothing unverified is held: when the writer's key is known at all, the signature must
+        # verify before the caller may hold the envelope for its delegation.
+        known = authority.public_key(header.writer)
+        if known is None:
+            parked = authority.parked_delegation(header.delegation)
+            if parked is not None and parked.subject.key_id == header.writer:
+                known = parked.subject
+        if known is not None:
+            known.verify(signature, message)
         raise UnknownDelegationError(
             f"delegation {header.delegation.hex()} is not known yet",
             missing=header.delegation,
@@ -589,10 +621,13 @@ def verify_signed(
             writer=header.writer,
         )
     # Verify over the exact bytes received (never a re-encoding), and before the payload is used.
-    leaf.subject.verify(
-        signature, signed_message(ALGORITHM, fleet_id, header_bytes, payload, domain=domain)
-    )
+    leaf.subject.verify(signature, message)
     identifier = envelope_id(raw)
+    # Validity is judged at the envelope's own HLC, so every replica reaches the same verdict
+    # whenever it receives the envelope, and a far-future one is judged before it is quarantined.
+    grant = authority.grant_for(header.writer, header.delegation, at=header.hlc)
+    grant.check_scope(header.scope)
+    authority.check_not_revoked(grant, header.scope, header.seq, epoch=header.epoch)
     if header.hlc.wall - physical_now > max_offset:
         raise QuarantinedError(
             f"envelope HLC {header.hlc} is more than {max_offset} ms ahead of {physical_now}",
@@ -602,9 +637,4 @@ def verify_signed(
             header=header,
             envelope_id=identifier,
         )
-    # Validity is judged at the envelope's own HLC (bounded just above), so every replica
-    # reaches the same verdict whenever it receives the envelope.
-    grant = authority.grant_for(header.writer, header.delegation, at=header.hlc)
-    grant.check_scope(header.scope)
-    authority.check_not_revoked(grant, header.scope, header.seq, epoch=header.epoch)
     return raw, header, payload, identifier, grant

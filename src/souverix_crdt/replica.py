@@ -20,6 +20,19 @@ Receiving
     until the delegation arrives. Envelopes dated beyond ``now + max_offset`` are quarantined:
     not applied, not forwarded, the clock unchanged; they are looked at again by :meth:`tick`.
 
+Budgets on the receive path
+    Nothing is held before it is authenticated: a gapped or far-future envelope only after its
+    signature, chain, scope and revocation status verified (it is then charged to its verified
+    writer key), one whose delegation is unknown only after its signature verified wherever the
+    writer's key is known at all (it is then charged to the session ``source`` it came from).
+    Each source has its own count and byte budget in the gap-pending area, the area awaiting a
+    delegation and the quarantine, within totals for all pending items (:class:`Limits`). A full
+    budget refuses the newcomer (``TooLargeError`` whose ``reason`` is the budget's name) and
+    never evicts what another source holds; the envelope that fills a gap is applied at once and
+    never needs pending room. A writer key may have at most ``chains_per_writer`` chains here: a
+    newcomer beyond that is refused before its signature is even checked, and the chains already
+    held are kept.
+
 Chains and epochs
     Each process incarnation writes under a fresh random *epoch*, so its chain id is
     ``"<key id>~<epoch>"``. A replica restarted from an old copy of its database therefore
@@ -111,17 +124,25 @@ __all__ = [
     "Receipt",
     "Replica",
     "ReplicaStatus",
+    "SourceUsage",
     "SyncDebt",
 ]
 
-#: Items held in the pending area before new ones are refused.
-DEFAULT_MAX_PENDING: Final = 10_000
+#: Items held in the pending area before new ones are refused (``Limits.pending_total``).
+DEFAULT_MAX_PENDING: Final = DEFAULT_LIMITS.pending_total
 
 _EQUIVOCATION_META: Final = "equivocation:"
 #: Entries kept in each of the replica's interest caches before they start afresh.
 _RELATED_CACHE: Final = 65_536
 #: Meta key prefix of the verdict kept with each checkpoint (``verdict:<scope>|<chain>``).
 _VERDICT_META: Final = "verdict:"
+
+
+def _size(data: object) -> int:
+    """The byte size of received ``data`` (0 for what is not bytes: the decoder refuses it)."""
+    if isinstance(data, memoryview):
+        return data.nbytes
+    return len(data) if isinstance(data, bytes | bytearray) else 0
 
 
 def _verdict_key(key: tuple[Scope, str]) -> str:
@@ -266,6 +287,59 @@ class SyncDebt:
 
 
 @attrs.frozen
+class SourceUsage:
+    """What one source holds in one of the replica's side areas (pending, quarantine).
+
+    Attributes:
+        count: Items it holds.
+        bytes: Their total size.
+    """
+
+    count: int
+    bytes: int
+
+    def to_json(self) -> dict[str, int]:
+        """A JSON-serialisable form."""
+        return {"count": self.count, "bytes": self.bytes}
+
+
+class _Area:
+    """Count and bytes per source in one side area, and the area's totals (mutable, private)."""
+
+    __slots__ = ("bytes", "count", "sources")
+
+    def __init__(self) -> None:
+        self.sources: dict[str, list[int]] = {}  # source -> [count, bytes]
+        self.count = 0
+        self.bytes = 0
+
+    def held(self, source: str) -> tuple[int, int]:
+        held = self.sources.get(source)
+        return (0, 0) if held is None else (held[0], held[1])
+
+    def add(self, source: str, size: int) -> None:
+        held = self.sources.setdefault(source, [0, 0])
+        held[0] += 1
+        held[1] += size
+        self.count += 1
+        self.bytes += size
+
+    def remove(self, source: str, size: int) -> None:
+        held = self.sources.get(source)
+        if held is None:  # pragma: no cover - every removal follows its addition
+            return
+        held[0] -= 1
+        held[1] -= size
+        self.count -= 1
+        self.bytes -= size
+        if held[0] <= 0:
+            del self.sources[source]
+
+    def usage(self) -> dict[str, SourceUsage]:
+        return {source: SourceUsage(*held) for source, held in sorted(self.sources.items())}
+
+
+@attrs.frozen
 class ReplicaStatus:
     """A snapshot of a replica's health, for operators and views.
 
@@ -277,11 +351,17 @@ class ReplicaStatus:
         durability: The store's durability (``full`` unless explicitly weakened).
         frontiers: ``"scope|chain"`` → last sequence number applied.
         pending: Items waiting in the pending area.
+        pending_by_writer: Envelopes waiting for a gap to fill, per verified writer key id
+            (count and bytes, against ``pending_per_source`` / ``pending_bytes_per_source``).
+        pending_by_source: Items waiting for a delegation (or a revocation's key), per session
+            source they came from (``""``: handed in locally), against the same budgets.
         parked_delegations: Delegations waiting for their parent; they count for nothing.
         refused_authority: Delegations and revocations refused since the replica opened, per
             reason (``"not-a-root"``, ``"scope-widened"``, ``"not-an-ancestor"``,
             ``"delegation-parking"``...).
         quarantined: Quarantined envelopes per writer key id.
+        quarantine_by_writer: Quarantined envelopes per writer key id, count and bytes
+            (against ``quarantine_per_source`` / ``quarantine_bytes_per_source``).
         equivocators: ``"scope|chain"`` → the first sequence number that stopped counting.
         sync_debt: Per peer, what it has not acknowledged.
         hlc: The clock's high-water mark.
@@ -305,6 +385,9 @@ class ReplicaStatus:
     sync_debt: dict[str, SyncDebt]
     hlc: Timestamp
     writers: dict[str, str] = attrs.field(factory=dict)
+    pending_by_writer: dict[str, SourceUsage] = attrs.field(factory=dict)
+    pending_by_source: dict[str, SourceUsage] = attrs.field(factory=dict)
+    quarantine_by_writer: dict[str, SourceUsage] = attrs.field(factory=dict)
     refused: dict[str, Any] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -324,6 +407,9 @@ class ReplicaStatus:
             "sync_debt": {peer: debt.to_json() for peer, debt in self.sync_debt.items()},
             "hlc": str(self.hlc),
             "writers": self.writers,
+            "pending_by_writer": {k: v.to_json() for k, v in self.pending_by_writer.items()},
+            "pending_by_source": {k: v.to_json() for k, v in self.pending_by_source.items()},
+            "quarantine_by_writer": {k: v.to_json() for k, v in self.quarantine_by_writer.items()},
             "refused": self.refused,
         }
 
@@ -379,9 +465,12 @@ class Replica:
         wall_clock: Physical time in milliseconds; the only time source.
         max_offset: How far ahead of local time a remote timestamp may be, in milliseconds.
         history_limit: Registers kept per key in history.
-        max_pending: Items the pending area holds before refusing more.
+        max_pending: Deprecated: use ``limits``. When given, it overrides
+            ``limits.pending_total`` (items pending in all, across sources).
         epoch: This incarnation's epoch (random by default; tests inject one).
-        limits: The budgets of this replica and its process (see :mod:`~.limits`).
+        limits: The budgets of this replica and its process (pending and quarantine per
+            source, chains per writer key, envelope size, ...); see
+            :class:`~souverix_crdt.limits.Limits`.
     """
 
     def __init__(
@@ -394,7 +483,7 @@ class Replica:
         wall_clock: Callable[[], int] = system_wall_clock,
         max_offset: int = DEFAULT_MAX_OFFSET_MS,
         history_limit: int = 16,
-        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending: int | None = None,
         epoch: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
@@ -404,7 +493,9 @@ class Replica:
         self.fleet_id = anchors.fleet_id
         self.store = store
         self.name = name or identity.plane
-        self.max_pending = max_pending
+        if max_pending is not None:
+            limits = limits.evolve(pending_total=max_pending)
+        self.limits = limits
         self.epoch = secrets.randbits(62) if epoch is None else epoch
         self.chain = chain_id(identity.key_id, self.epoch)
         self.authority = Authority(anchors)
@@ -417,9 +508,16 @@ class Replica:
         # and which scopes an interest covers: both asked for on every batch a session sends.
         self._frontier_keys: dict[tuple[Scope, ...] | None, list[tuple[Key, str]]] = {}
         self._related: dict[tuple[tuple[Scope, ...], Scope], bool] = {}
-        self._delegation_pending: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, reason)
+        # id -> (data, reason, source charged): waiting for a delegation or a revoked key.
+        self._delegation_pending: dict[bytes, tuple[bytes, str, str]] = {}
         self._quarantine: dict[bytes, tuple[bytes, str]] = {}  # id -> (data, writer)
-        self._quarantined_by_writer: dict[str, int] = {}
+        # What each source holds: gap-pending per writer key, awaiting a delegation per session
+        # source, quarantined per writer key.
+        self._gap = _Area()
+        self._awaiting = _Area()
+        self._quarantined = _Area()
+        # Writer key id -> the chains of it this replica holds (bounded by chains_per_writer).
+        self._writer_chains: dict[str, set[str]] = {}
         self._peers: dict[str, tuple[Scope, ...]] = {}
         self._unacked: dict[str, dict[Key, deque[tuple[int, bytes]]]] = {}
         self._envelope_listeners: list[Callable[[StoredEnvelope, str | None], None]] = []
@@ -464,21 +562,68 @@ class Replica:
             if stored.seq != state.seq + 1:
                 continue  # a later part of a chain whose earlier part was cut
             self._replay(key, stored)
-        for item in self.store.pending():
-            self._delegation_pending[item.id] = (item.data, item.reason)
-        for item in self.store.quarantine():
-            self._quarantine[item.id] = (item.data, item.writer)
-            self._quarantined_by_writer[item.writer] = (
-                self._quarantined_by_writer.get(item.writer, 0) + 1
-            )
         self._load_outbox()
-        # Gap-pending envelopes live in the pending area too; sort them back into their chains.
-        for item_id, (data, reason) in list(self._delegation_pending.items()):
-            if reason == "gap":
-                header = read_header(data)
-                key = (header.scope, header.chain)
-                self._chain(key).pending[header.seq] = (item_id, data)
-                del self._delegation_pending[item_id]
+        self._load_side_areas()
+
+    def _load_side_areas(self) -> None:
+        """Pending and quarantine from the store, admitted under the budgets of arrival.
+
+        In store order (oldest first), so what is kept is what was admitted when it arrived.
+        An item the budgets no longer admit (they were lowered), or that is no longer needed,
+        leaves the store, so the store never holds more than the budgets either.
+        """
+        cleanup = Batch()
+        for item in self.store.pending():
+            if not self._reload_pending(item):
+                cleanup.pending_remove.append(item.id)
+        for item in self.store.quarantine():
+            if not self._reload_quarantined(item):
+                cleanup.quarantine_remove.append(item.id)
+        if not cleanup.is_empty():
+            self.store.commit(cleanup)
+
+    def _reload_pending(self, item: StoredItem) -> bool:
+        """Take one stored pending item back; False if it is no longer admitted or needed."""
+        if item.reason != "gap":
+            # Charged to the source it came from (``writer`` holds it; ``""`` from an older
+            # version, which kept none).
+            if item.id not in self._delegation_pending:
+                if self._pending_refusal(self._awaiting, item.writer, len(item.data)) is not None:
+                    return False
+                self._hold_awaiting(item.id, item.data, item.reason, item.writer)
+            return True
+        return self._reload_gap(item)
+
+    def _reload_gap(self, item: StoredItem) -> bool:
+        try:
+            header = read_header(item.data)
+        except SouverixError:
+            return False
+        key = (header.scope, header.chain)
+        state = self._chains.get(key)
+        if state is not None and (
+            header.seq <= state.seq
+            or header.seq in state.pending
+            or (state.cut_from is not None and header.seq >= state.cut_from)
+        ):
+            return False  # applied, superseded or cut since it was kept
+        if state is None and self._chain_refusal(header.writer, header.chain) is not None:
+            return False
+        if self._pending_refusal(self._gap, header.writer, len(item.data)) is not None:
+            return False
+        self._hold_gap(key, self._chain(key), header.seq, item.id, item.data)
+        return True
+
+    def _reload_quarantined(self, item: StoredItem) -> bool:
+        """Take one stored quarantined envelope back; False if it is no longer admitted."""
+        if item.id in self._quarantine:
+            return True
+        if self.store.envelope(item.id) is not None:
+            return False  # applied since (an older version never removed released ones)
+        if self._quarantine_refusal(item.writer, len(item.data)) is not None:
+            return False
+        self._hold_quarantined(item.id, item.data, item.writer)
+        return True
 
     def _load_outbox(self) -> None:
         for peer in self.store.peers():
@@ -601,8 +746,23 @@ class Replica:
         state = self._chains.get(key)
         if state is None:
             state = self._chains[key] = _Chain()
+            self._writer_chains.setdefault(chain_writer(key[1]), set()).add(key[1])
             self._frontier_keys.clear()
         return state
+
+    def _discard_empty_chain(self, key: Key) -> None:
+        """Forget a chain this call created but that holds nothing (its envelope was refused)."""
+        state = self._chains.get(key)
+        if state is None or state.seq or state.pending or state.cut_from is not None:
+            return
+        del self._chains[key]
+        self._frontier_keys.clear()
+        if not any(other[1] == key[1] for other in self._chains):
+            # Nor its grant: a writer sending garbage under ever new chains leaves no trace.
+            self.policy.grants.pop(key[1], None)
+            chains = self._writer_chains.get(chain_writer(key[1]))
+            if chains is not None:
+                chains.discard(key[1])
 
     # ================================================================== reading
 
@@ -887,25 +1047,42 @@ class Replica:
         if self._authority_dirty:
             self._authority_changed()
 
-    def _ingest_one(self, data: bytes, step: _Step) -> IngestResult:  # noqa: PLR0911
+    def _ingest_one(  # noqa: PLR0911
+        self, data: bytes, step: _Step, *, charge: str | None = None
+    ) -> IngestResult:
         # One return per outcome: the function is the decision table of the receive path.
+        # ``charge`` is the source an envelope awaiting its delegation is charged to (the
+        # session's own by default; the original one when the pending area is retried).
         batch = step.batch
+        size = _size(data)
+        if size > self.limits.max_envelope:
+            too_large = TooLargeError(
+                f"envelope of {size} bytes exceeds max_envelope ({self.limits.max_envelope})",
+                reason="max_envelope",
+            )
+            return IngestResult(IngestOutcome.REJECTED, error=too_large)
         try:
             verified = open_envelope(
                 data,
                 self.authority,
                 physical_now=self.clock.physical(),
                 max_offset=self.clock.max_offset,
+                admit=self._admit_header,
             )
         except QuarantinedError as exc:
             return self._quarantine_envelope(data, exc, batch)
         except UnknownDelegationError as exc:
-            return self._park(data, "delegation", batch, exc)
+            source = step.source if charge is None else charge
+            return self._park(data, "delegation", batch, exc, source=source)
         except SouverixError as exc:
             return IngestResult(IngestOutcome.REJECTED, error=exc)
         header = verified.header
         key = (header.scope, header.chain)
-        state = self._chain(key)
+        state = self._chains.get(key)
+        if state is None:
+            # Not held yet: registered only once something of it is held (the chain budget
+            # counts chains with content, and the admit check above refused one beyond it).
+            state = _Chain()
         base = IngestResult(
             IngestOutcome.APPLIED, verified.id, str(header.scope), header.chain, header.seq
         )
@@ -917,23 +1094,131 @@ class Replica:
                 return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
             return self._equivocation(key, header.seq, (held, None), verified, step, base)
         if header.seq > state.seq + 1:
-            waiting = state.pending.get(header.seq)
-            if waiting is not None:
-                if waiting[0] == verified.id:
-                    return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
-                return self._equivocation(
-                    key, header.seq, (waiting[0], waiting[1]), verified, step, base
-                )
-            if self._pending_count() >= self.max_pending:
-                error = TooLargeError("the pending area is full", reason="pending-full")
-                return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=error)
-            state.pending[header.seq] = (verified.id, verified.data)
-            batch.pending_add.append(StoredItem(verified.id, verified.data, "gap", header.writer))
-            return attrs.evolve(base, outcome=IngestOutcome.PENDING)
+            return self._hold_early(key, state, verified, step, base)
+        # The envelope that fills the gap: applied at once, it never needs pending room.
+        known = key in self._chains
         result = self._apply(key, verified, step)
         if result.outcome is IngestOutcome.APPLIED:
             self._drain_chain(key, step)
+        elif not known:
+            self._discard_empty_chain(key)
         return result
+
+    def _hold_early(
+        self, key: Key, state: _Chain, verified: VerifiedEnvelope, step: _Step, base: IngestResult
+    ) -> IngestResult:
+        """An envelope beyond its chain's next sequence number: it waits for the gap to fill."""
+        header = verified.header
+        waiting = state.pending.get(header.seq)
+        if waiting is not None:
+            if waiting[0] == verified.id:
+                return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+            return self._equivocation(
+                key, header.seq, (waiting[0], waiting[1]), verified, step, base
+            )
+        # Charged to the verified writer key: one writer's flood of gapped envelopes fills its
+        # own budget, never another writer's.
+        full = self._pending_refusal(self._gap, header.writer, len(verified.data))
+        if full is not None:
+            return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=full)
+        self._hold_gap(key, self._chain(key), header.seq, verified.id, verified.data)
+        step.batch.pending_add.append(StoredItem(verified.id, verified.data, "gap", header.writer))
+        return attrs.evolve(base, outcome=IngestOutcome.PENDING)
+
+    def _admit_header(self, header: EnvelopeHeader) -> None:
+        """Refuse, before any signature is verified, a new chain of a writer at its chain budget.
+
+        A forgery naming that writer is refused the same way, which costs the writer nothing: the
+        refusal evicts no chain, and the writer could not start a new chain here either.
+        """
+        chains = self._writer_chains.get(header.writer)
+        if chains is not None and len(chains) >= self.limits.chains_per_writer:
+            error = self._chain_refusal(header.writer, header.chain)
+            if error is not None:
+                raise error
+
+    def _chain_refusal(self, writer: str, chain: str) -> TooLargeError | None:
+        """The refusal of ``chain`` if it is new and ``writer`` is at ``chains_per_writer``."""
+        chains = self._writer_chains.get(writer)
+        limit = self.limits.chains_per_writer
+        if chains is None or len(chains) < limit or chain in chains:
+            return None
+        return TooLargeError(
+            f"writer {writer} already has {len(chains)} chains here (chains_per_writer "
+            f"{limit}); chain {chain} refused",
+            reason="chains_per_writer",
+            writer=writer,
+        )
+
+    def _pending_refusal(self, area: _Area, source: str, size: int) -> TooLargeError | None:
+        """The refusal of a ``size``-byte item from ``source`` if ``area`` cannot take it.
+
+        Never an eviction: what the area holds stays; the newcomer is refused.
+        """
+        limits = self.limits
+        count, held = area.held(source)
+        if count >= limits.pending_per_source:
+            name, limit = "pending_per_source", limits.pending_per_source
+        elif held + size > limits.pending_bytes_per_source:
+            name, limit = "pending_bytes_per_source", limits.pending_bytes_per_source
+        elif self._gap.count + self._awaiting.count >= limits.pending_total:
+            name, limit = "pending_total", limits.pending_total
+        elif self._gap.bytes + self._awaiting.bytes + size > limits.pending_bytes_total:
+            name, limit = "pending_bytes_total", limits.pending_bytes_total
+        else:
+            return None
+        return TooLargeError(
+            f"the pending area is full for {source or 'local input'!r} ({name} {limit}; "
+            f"it holds {count} items, {held} bytes)",
+            reason=name,
+            writer=source if area is self._gap else "",
+        )
+
+    def _quarantine_refusal(self, writer: str, size: int) -> TooLargeError | None:
+        """The refusal of a ``size``-byte envelope of ``writer`` if its quarantine is full."""
+        limits = self.limits
+        count, held = self._quarantined.held(writer)
+        if count >= limits.quarantine_per_source:
+            name, limit = "quarantine_per_source", limits.quarantine_per_source
+        elif held + size > limits.quarantine_bytes_per_source:
+            name, limit = "quarantine_bytes_per_source", limits.quarantine_bytes_per_source
+        else:
+            return None
+        return TooLargeError(
+            f"the quarantine is full for writer {writer} ({name} {limit}; it holds {count} "
+            f"envelopes, {held} bytes)",
+            reason=name,
+            writer=writer,
+        )
+
+    def _hold_gap(self, key: Key, state: _Chain, seq: int, item_id: bytes, data: bytes) -> None:
+        state.pending[seq] = (item_id, data)
+        self._gap.add(chain_writer(key[1]), len(data))
+
+    def _drop_gap(self, key: Key, state: _Chain, seq: int) -> tuple[bytes, bytes] | None:
+        item = state.pending.pop(seq, None)
+        if item is not None:
+            self._gap.remove(chain_writer(key[1]), len(item[1]))
+        return item
+
+    def _hold_awaiting(self, item_id: bytes, data: bytes, reason: str, source: str) -> None:
+        self._delegation_pending[item_id] = (data, reason, source)
+        self._awaiting.add(source, len(data))
+
+    def _drop_awaiting(self, item_id: bytes) -> None:
+        item = self._delegation_pending.pop(item_id, None)
+        if item is not None:
+            self._awaiting.remove(item[2], len(item[0]))
+
+    def _hold_quarantined(self, item_id: bytes, data: bytes, writer: str) -> None:
+        self._quarantine[item_id] = (data, writer)
+        self._quarantined.add(writer, len(data))
+
+    def _drop_quarantined(self, item_id: bytes) -> tuple[bytes, str] | None:
+        item = self._quarantine.pop(item_id, None)
+        if item is not None:
+            self._quarantined.remove(item[1], len(item[0]))
+        return item
 
     def _apply(self, key: Key, verified: VerifiedEnvelope, step: _Step) -> IngestResult:
         header = verified.header
@@ -972,7 +1257,7 @@ class Replica:
 
     def _drain_chain(self, key: Key, step: _Step) -> None:
         state = self._chain(key)
-        while (waiting := state.pending.pop(state.seq + 1, None)) is not None:
+        while (waiting := self._drop_gap(key, state, state.seq + 1)) is not None:
             item_id, data = waiting
             step.batch.pending_remove.append(item_id)
             try:
@@ -988,10 +1273,19 @@ class Replica:
             if result.outcome is not IngestOutcome.APPLIED:
                 break
 
-    def _park(self, data: bytes, reason: str, batch: Batch, error: SouverixError) -> IngestResult:
+    def _park(
+        self,
+        data: bytes,
+        reason: str,
+        batch: Batch,
+        error: SouverixError,
+        *,
+        source: str | None = None,
+    ) -> IngestResult:
         item_id = hashlib.sha256(data).digest()
-        # The header is not verified yet; it only names the chain in the result, so that a
-        # sync session can report how far it really holds that chain (and get it resent).
+        # The chain is not verified yet (its signature is, wherever the writer's key is known);
+        # the header only names the chain in the result, so that a sync session can report how
+        # far it really holds that chain (and get it resent).
         try:
             header = read_header(data)
             base = IngestResult(
@@ -1001,11 +1295,14 @@ class Replica:
             base = IngestResult(IngestOutcome.PENDING, item_id)
         if item_id in self._delegation_pending:
             return attrs.evolve(base, error=error)
-        if self._pending_count() >= self.max_pending:
-            full = TooLargeError("the pending area is full", reason="pending-full")
+        # Charged to the session it came from: nothing verified names a writer to charge yet,
+        # and a peer's flood of them fills that peer's budget only.
+        charge = source or ""
+        full = self._pending_refusal(self._awaiting, charge, len(data))
+        if full is not None:
             return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=full)
-        self._delegation_pending[item_id] = (data, reason)
-        batch.pending_add.append(StoredItem(item_id, data, reason))
+        self._hold_awaiting(item_id, data, reason, charge)
+        batch.pending_add.append(StoredItem(item_id, data, reason, charge))
         return attrs.evolve(base, error=error)
 
     @property
@@ -1013,17 +1310,18 @@ class Replica:
         """Items parked until a delegation or an issuer they name becomes known."""
         return len(self._delegation_pending)
 
+    @property
+    def max_pending(self) -> int:
+        """Deprecated: ``limits.pending_total``, the items pending in all."""
+        return self.limits.pending_total
+
     def _quarantine_envelope(
         self, data: bytes, error: QuarantinedError, batch: Batch
     ) -> IngestResult:
         item_id = hashlib.sha256(data).digest()
         header: EnvelopeHeader | None = error.header
         writer = header.writer if header is not None else ""
-        if item_id not in self._quarantine:
-            self._quarantine[item_id] = (data, writer)
-            self._quarantined_by_writer[writer] = self._quarantined_by_writer.get(writer, 0) + 1
-            batch.quarantine_add.append(StoredItem(item_id, data, "clock-skew", writer))
-        return IngestResult(
+        result = IngestResult(
             IngestOutcome.QUARANTINED,
             item_id,
             scope="" if header is None else str(header.scope),
@@ -1031,9 +1329,18 @@ class Replica:
             seq=0 if header is None else header.seq,
             error=error,
         )
+        if item_id not in self._quarantine:
+            # Signature, chain, scope and revocation verified (open_envelope judges the clock
+            # last): the verified writer is charged.
+            full = self._quarantine_refusal(writer, len(data))
+            if full is not None:
+                return attrs.evolve(result, outcome=IngestOutcome.REJECTED, error=full)
+            self._hold_quarantined(item_id, data, writer)
+            batch.quarantine_add.append(StoredItem(item_id, data, "clock-skew", writer))
+        return result
 
     def _pending_count(self) -> int:
-        return len(self._delegation_pending) + sum(len(c.pending) for c in self._chains.values())
+        return self._gap.count + self._awaiting.count
 
     def _held_id(self, key: Key, seq: int, batch: Batch) -> bytes | None:
         for stored in batch.envelopes:
@@ -1095,7 +1402,10 @@ class Replica:
         index = sorted([str(k[0]), k[1]] for k in self._proofs)
         batch.meta[_EQUIVOCATION_META + "index"] = encode(index)
         batch.meta[f"{_EQUIVOCATION_META}{key[0]}|{key[1]}"] = encode([seq, first, second])
-        state.pending = {s: v for s, v in state.pending.items() if s < seq}
+        for dropped in [s for s in state.pending if s >= seq]:
+            item = self._drop_gap(key, state, dropped)
+            if item is not None:
+                batch.pending_remove.append(item[0])
         if state.seq >= seq:
             self._rebuild(key, pending_batch=batch)
 
@@ -1118,6 +1428,10 @@ class Replica:
         if (a.scope, a.chain, a.seq) != (b.scope, b.chain, b.seq) or opened[0].id == opened[1].id:
             raise EquivocationError("not two envelopes of one sequence number", reason="proof")
         key = (a.scope, a.chain)
+        if key not in self._chains:
+            refusal = self._chain_refusal(a.writer, a.chain)
+            if refusal is not None:
+                raise refusal
         low, high = sorted((first, second))
         if not self._proves_more(key, a.seq, low, high):
             return False
@@ -1184,14 +1498,16 @@ class Replica:
 
     def _forget_uncommitted(self, batch: Batch) -> None:
         for item in batch.pending_add:
-            self._delegation_pending.pop(item.id, None)
-            for state in self._chains.values():
-                for seq, (item_id, _) in list(state.pending.items()):
-                    if item_id == item.id:
-                        del state.pending[seq]
+            if item.reason != "gap":
+                self._drop_awaiting(item.id)
+                continue
+            header = read_header(item.data)
+            key = (header.scope, header.chain)
+            state = self._chains.get(key)
+            if state is not None and state.pending.get(header.seq, (b"",))[0] == item.id:
+                self._drop_gap(key, state, header.seq)
         for item in batch.quarantine_add:
-            if self._quarantine.pop(item.id, None) is not None:
-                self._quarantined_by_writer[item.writer] -= 1
+            self._drop_quarantined(item.id)
 
     # ================================================================== checkpoints
 
@@ -1259,6 +1575,18 @@ class Replica:
             return IngestResult(IngestOutcome.REJECTED, error=exc)
         header = verified.header
         key = (header.scope, header.chain)
+        if key not in self._chains:
+            refusal = self._chain_refusal(header.writer, header.chain)
+            if refusal is not None:
+                return IngestResult(
+                    IngestOutcome.REJECTED,
+                    b"",
+                    str(header.scope),
+                    header.chain,
+                    header.seq,
+                    error=refusal,
+                )
+        known = key in self._chains
         state = self._chain(key)
         base = IngestResult(IngestOutcome.APPLIED, b"", str(header.scope), header.chain, header.seq)
         if state.cut_from is not None and header.seq >= state.cut_from:
@@ -1274,10 +1602,14 @@ class Replica:
                 header.chain, header.seq, verified.state, max_hlc=header.hlc
             )
         except InvalidUpdateError as exc:
+            if not known:
+                self._discard_empty_chain(key)
             return attrs.evolve(base, outcome=IngestOutcome.REJECTED, error=exc)
         state.seq, state.last_id = header.seq, verified.last_id
         for seq in [s for s in state.pending if s <= header.seq]:
-            step.batch.pending_remove.append(state.pending.pop(seq)[0])
+            item = self._drop_gap(key, state, seq)
+            if item is not None:
+                step.batch.pending_remove.append(item[0])
         if header.hlc > self.clock.last:
             self.clock.observe(header.hlc)
         path = str(header.scope)
@@ -1340,8 +1672,12 @@ class Replica:
         except UnknownDelegationError:
             # Kept by an older version before the revoked key's chain was known: it waits (in
             # memory; the store still holds it) like one that arrives now.
-            if len(self._delegation_pending) < self.max_pending:
-                self._delegation_pending[hashlib.sha256(data).digest()] = (data, "revocation")
+            item_id = hashlib.sha256(data).digest()
+            if (
+                item_id not in self._delegation_pending
+                and self._pending_refusal(self._awaiting, "", len(data)) is None
+            ):
+                self._hold_awaiting(item_id, data, "revocation", "")
         except SouverixError:
             pass  # does not count: not loaded, so never used or re-sent
 
@@ -1431,15 +1767,24 @@ class Replica:
             return []
         batch = Batch()
         revocations = []
-        for item_id, (data, reason) in items:
-            del self._delegation_pending[item_id]
+        for item_id, (data, reason, _source) in items:
+            self._drop_awaiting(item_id)
             batch.pending_remove.append(item_id)
             if reason == "revocation":
                 revocations.append(data)
         self.store.commit(batch)
         if revocations:
             self.add_revocations(revocations)
-        return self.ingest_many([data for _, (data, reason) in items if reason != "revocation"])
+        # Each envelope stays charged to the source it came from if it has to wait again.
+        step = _Step(None)
+        before = self.clock.last
+        results = [
+            self._ingest_one(data, step, charge=source)
+            for _, (data, reason, source) in items
+            if reason != "revocation"
+        ]
+        self._finish(step, before)
+        return results
 
     def tick(self) -> list[IngestResult]:
         """Look again at quarantined envelopes whose time has come (call periodically)."""
@@ -1454,10 +1799,20 @@ class Replica:
                 due.append((item_id, data))
         if not due:
             return []
-        for item_id, _ in due:
-            _, writer = self._quarantine.pop(item_id)
-            self._quarantined_by_writer[writer] -= 1
-        return self.ingest_many([data for _, data in due])
+        released = [(item_id, self._drop_quarantined(item_id)) for item_id, _ in due]
+        step = _Step(None)
+        before = self.clock.last
+        results = [self._ingest_one(data, step) for _, data in due]
+        # Released for good unless it came straight back (the clock stepped back meanwhile).
+        step.batch.quarantine_remove.extend(i for i, _ in due if i not in self._quarantine)
+        try:
+            self._finish(step, before)
+        except StoreError:
+            for item_id, held in released:
+                if held is not None and item_id not in self._quarantine:
+                    self._hold_quarantined(item_id, held[0], held[1])
+            raise
+        return results
 
     # ================================================================== sync support
 
@@ -1633,12 +1988,15 @@ class Replica:
             pending=self._pending_count(),
             parked_delegations=self.authority.parked_count,
             refused_authority=dict(sorted(self.authority.refusals.items())),
-            quarantined={w: n for w, n in self._quarantined_by_writer.items() if n},
+            quarantined={w: n for w, (n, _) in sorted(self._quarantined.sources.items())},
             equivocators={f"{k[0]}|{k[1]}": v[0] for k, v in self._proofs.items()},
             refused=self.refused.to_json(),
             sync_debt={peer: self.sync_debt(peer) for peer in sorted(self._peers)},
             hlc=self.clock.last,
             writers={c: self.plane_of(c) for c in sorted({c for _, c, _, _ in frontiers})},
+            pending_by_writer=self._gap.usage(),
+            pending_by_source=self._awaiting.usage(),
+            quarantine_by_writer=self._quarantined.usage(),
         )
 
     def close(self) -> None:

@@ -327,6 +327,13 @@ class Authority:
         """True if the delegation ``digest`` waits in the parking area (it counts for nothing)."""
         return digest in self._parked
 
+    def parked_delegation(self, digest: bytes) -> Delegation | None:
+        """The delegation ``digest`` waiting in the parking area, if any (it counts for nothing).
+
+        Its subject key is only good for checking a signature made with it; it grants nothing.
+        """
+        return self._parked.get(digest)
+
     def is_conditional(self, scope: Scope) -> bool:
         """True if a delegation that counts makes ``scope`` conditionally autonomous."""
         return scope in self._conditional

@@ -121,6 +121,8 @@ class Batch:
         pending_add: Items waiting for what they lack (unknown delegation, causal gap).
         pending_remove: Ids leaving the pending area.
         quarantine_add: Far-future or otherwise set-aside envelopes.
+        quarantine_remove: Ids leaving the quarantine (their time came, or a budget on reload
+            no longer admits them).
         delegations: Signed delegations learned (id = digest).
         revocations: Signed revocations learned.
         audit: Encoded conflict records to append (idempotent on bytes).
@@ -137,6 +139,7 @@ class Batch:
     pending_add: list[StoredItem] = attrs.field(factory=list)
     pending_remove: list[bytes] = attrs.field(factory=list)
     quarantine_add: list[StoredItem] = attrs.field(factory=list)
+    quarantine_remove: list[bytes] = attrs.field(factory=list)
     delegations: list[StoredItem] = attrs.field(factory=list)
     revocations: list[StoredItem] = attrs.field(factory=list)
     audit: list[bytes] = attrs.field(factory=list)
@@ -156,6 +159,7 @@ class Batch:
                 self.pending_add,
                 self.pending_remove,
                 self.quarantine_add,
+                self.quarantine_remove,
                 self.delegations,
                 self.revocations,
                 self.audit,

@@ -151,7 +151,7 @@ class MemoryStore(Store):
 
     def _apply(self, batch: Batch, undo: _Undo) -> None:
         # Field order is application order, as in the SQLite store: envelopes before compaction,
-        # outbox additions before acks, pending additions before removals.
+        # outbox additions before acks, pending and quarantine additions before removals.
         steps: tuple[tuple[str, object, Callable[[], None]], ...] = (
             ("envelopes", batch.envelopes, lambda: self._add_envelopes(batch, undo)),
             ("checkpoints", batch.checkpoints, lambda: self._add_checkpoints(batch, undo)),
@@ -173,6 +173,11 @@ class MemoryStore(Store):
                 "quarantine",
                 batch.quarantine_add,
                 lambda: self._add_items(self._quarantine, batch.quarantine_add, undo),
+            ),
+            (
+                "quarantine_remove",
+                batch.quarantine_remove,
+                lambda: self._remove_quarantined(batch, undo),
             ),
             (
                 "delegations",
@@ -233,6 +238,10 @@ class MemoryStore(Store):
     def _remove_pending(self, batch: Batch, undo: _Undo) -> None:
         for item_id in batch.pending_remove:
             _delete(self._pending, item_id, undo)
+
+    def _remove_quarantined(self, batch: Batch, undo: _Undo) -> None:
+        for item_id in batch.quarantine_remove:
+            _delete(self._quarantine, item_id, undo)
 
     def _append_audit(self, batch: Batch, undo: _Undo) -> None:
         for record in batch.audit:

@@ -373,8 +373,8 @@ def _item_rows(items: Sequence[StoredItem]) -> _Rows:
 
 # One statement per batch field, run with executemany when the field has rows. The order is the
 # order of application (the memory store applies in the same order): envelopes before compaction,
-# outbox additions before acks, pending additions before removals. Every insert ignores a
-# duplicate of its key, which makes replaying a batch harmless.
+# outbox additions before acks, pending and quarantine additions before removals. Every insert
+# ignores a duplicate of its key, which makes replaying a batch harmless.
 _WRITES: Final[tuple[tuple[str, str, Callable[[Batch], _Rows]], ...]] = (
     (
         "envelopes",
@@ -420,6 +420,11 @@ _WRITES: Final[tuple[tuple[str, str, Callable[[Batch], _Rows]], ...]] = (
         lambda b: [(item_id,) for item_id in b.pending_remove],
     ),
     ("quarantine", _item_insert("quarantine"), lambda b: _item_rows(b.quarantine_add)),
+    (
+        "quarantine_remove",
+        "DELETE FROM quarantine WHERE id = ?",
+        lambda b: [(item_id,) for item_id in b.quarantine_remove],
+    ),
     ("delegations", _item_insert("delegations"), lambda b: _item_rows(b.delegations)),
     ("revocations", _item_insert("revocations"), lambda b: _item_rows(b.revocations)),
     (

@@ -191,7 +191,8 @@ def sample_batch(n: int) -> Batch:
     """Batch ``n`` of a deterministic sequence; each touches every field of :class:`Batch`.
 
     Applied in order 0, 1, 2…, each batch also acts on the previous one's data: it compacts
-    the earlier log, acknowledges an earlier outbox entry and removes an earlier pending item.
+    the earlier log, acknowledges an earlier outbox entry and removes an earlier pending and
+    quarantined item.
     """
     fresh = [sample_envelope(_SCOPE, "w-a", 3 * n + k) for k in (1, 2, 3)]
     other = sample_envelope(_OTHER_SCOPE, "w-b", n + 1, data=bytes(range(n % 7)) * 40 + b"!")
@@ -210,6 +211,7 @@ def sample_batch(n: int) -> Batch:
         pending_add=[_item(f"pending-{n}", "gap", "w-a"), _item(f"pending-{n}-b", "delegation")],
         pending_remove=[f"pending-{n - 1}-b".encode()],
         quarantine_add=[_item(f"quarantine-{n}", "clock-skew", "w-b")],
+        quarantine_remove=[f"quarantine-{n - 1}".encode()],
         delegations=[_item(f"delegation-{n}")],
         revocations=[_item(f"revocation-{n}")],
         audit=[f"audit-{n}".encode(), f"audit-{max(n - 1, 0)}".encode()],
@@ -631,6 +633,17 @@ class StoreConformance:
             _expect_equal(store.pending(), [a, c], "after a removal")
             store.commit(Batch(pending_add=[b]))
             _expect_equal(store.pending(), [a, c, b], "re-added at the end")
+
+    @_check()
+    def check_quarantine_add_and_remove(self) -> None:
+        """An item leaves the quarantine by id; one added again goes to the end."""
+        a, b, c = (_item(name, "clock-skew", "w-b") for name in ("qa", "qb", "qc"))
+        with self._store() as store:
+            store.commit(Batch(quarantine_add=[a, b, c]))
+            store.commit(Batch(quarantine_remove=[b"qb", b"unknown"]))
+            _expect_equal(store.quarantine(), [a, c], "after a removal")
+            store.commit(Batch(quarantine_add=[b], quarantine_remove=[b"qa"]))
+            _expect_equal(store.quarantine(), [c, b], "re-added at the end")
 
     @_check()
     def check_ordered_areas(self) -> None:
