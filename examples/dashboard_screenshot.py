@@ -18,7 +18,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from souverix_crdt.dashboard import serve
-from souverix_crdt.demo import run_demo
+from souverix_crdt.federation.demo import run_demo
 
 CHROMIUM_ARGS = [
     "--headless",

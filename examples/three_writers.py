@@ -19,12 +19,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from souverix_crdt.keyring import bootstrap_keys
+from souverix_crdt.plane.keyring import bootstrap_keys
+from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.replica import Replica
 from souverix_crdt.store.sqlite import SqliteStore
 from souverix_crdt.sync.driver import run_session
 from souverix_crdt.sync.session import SyncSession
-from souverix_crdt.topology import default_topology
 from souverix_crdt.transports.memory import MemoryNetwork
 
 SCOPE = "global/region-a/edge-a1"

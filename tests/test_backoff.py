@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from souverix_crdt.backoff import Backoff
+from souverix_crdt.plane.backoff import Backoff
 
 
 class FixedRandom:

@@ -18,8 +18,8 @@ from click.testing import CliRunner, Result
 
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError
-from souverix_crdt.keyring import load_keys
-from souverix_crdt.peer import load_peer_config, parse_peer_config
+from souverix_crdt.plane.keyring import load_keys
+from souverix_crdt.plane.peer import load_peer_config, parse_peer_config
 from souverix_crdt.transports.tls import check_key_pair, load_certificate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers"

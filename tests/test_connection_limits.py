@@ -20,7 +20,7 @@ import pytest
 
 from souverix_crdt.errors import ConfigError, TransportBrokenError, TransportClosedError
 from souverix_crdt.limits import DEFAULT_LIMITS, Limits
-from souverix_crdt.peer import parse_peer_config
+from souverix_crdt.plane.peer import parse_peer_config
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.driver import StopReason, run_session
@@ -443,7 +443,7 @@ def test_the_limits_reach_the_replica(tmp_path: Path) -> None:
     from click.testing import CliRunner  # noqa: PLC0415
 
     from souverix_crdt.cli import cli  # noqa: PLC0415
-    from souverix_crdt.peer import open_replica  # noqa: PLC0415
+    from souverix_crdt.plane.peer import open_replica  # noqa: PLC0415
 
     topology = Path(__file__).resolve().parents[1] / "src" / "souverix_crdt" / "data"
     result = CliRunner().invoke(

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from souverix_crdt.backoff import Backoff
-from souverix_crdt.coordinator import (
+from souverix_crdt.errors import TransportBrokenError
+from souverix_crdt.plane.backoff import Backoff
+from souverix_crdt.plane.coordinator import (
     DEFAULT_DOWNSTREAM_FREQUENCY,
     DEFAULT_UPSTREAM_FREQUENCY,
     Connect,
@@ -29,14 +30,13 @@ from souverix_crdt.coordinator import (
     SyncOutcome,
     SyncStrategy,
 )
-from souverix_crdt.errors import TransportBrokenError
+from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.driver import run_session
 from souverix_crdt.sync.session import SyncSession
 from souverix_crdt.testing.fleet import NOW, make_fleet
-from souverix_crdt.topology import default_topology
 from souverix_crdt.transports.base import Transport
 from souverix_crdt.transports.memory import MemoryNetwork
 

@@ -1,8 +1,8 @@
 """The dashboard's server and JSON API, over real HTTP on loopback (no browser here).
 
-Figures are compared with what :mod:`souverix_crdt.views` computes from the same replicas, the
-event stream is read as a browser's EventSource would, and every response is scanned for the
-demo's private keys.
+Figures are compared with what :mod:`souverix_crdt.federation.views` computes from the same
+replicas, the event stream is read as a browser's EventSource would, and every response is scanned
+for the demo's private keys.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import pytest
 
 from souverix_crdt.dashboard import DashboardServer, run_demo_dashboard, serve
 from souverix_crdt.dashboard.model import jsonable
-from souverix_crdt.demo import DemoResult, run_demo
-from souverix_crdt.federation import FederationManager
-from souverix_crdt.views import fleet_view
+from souverix_crdt.federation.demo import DemoResult, run_demo
+from souverix_crdt.federation.manager import FederationManager
+from souverix_crdt.federation.views import fleet_view
 
 TIMEOUT = 10.0
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from souverix_crdt.dashboard import DashboardServer, serve
-from souverix_crdt.demo import DemoResult, run_demo
-from souverix_crdt.federation import FederationManager
-from souverix_crdt.views import fleet_view
+from souverix_crdt.federation.demo import DemoResult, run_demo
+from souverix_crdt.federation.manager import FederationManager
+from souverix_crdt.federation.views import fleet_view
 
 pytestmark = pytest.mark.browser
 

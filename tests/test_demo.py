@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from souverix_crdt.demo import APP, EDGE_C_OUTAGE_MS, NODES, DemoResult, run_demo
-from souverix_crdt.federation import FederationManager, LinkState, LinkStatus
-from souverix_crdt.topology import format_duration
+from souverix_crdt.federation.demo import APP, EDGE_C_OUTAGE_MS, NODES, DemoResult, run_demo
+from souverix_crdt.federation.manager import FederationManager, LinkState, LinkStatus
+from souverix_crdt.plane.topology import format_duration
 
 ROW = re.compile(
     r"^[\s│├└─]*(?P<name>[a-z0-9-]+)\s+(?P<level>global|regional|local|autonomous)\s+"
@@ -282,7 +282,7 @@ def test_same_seed_same_output(tmp_path: Path) -> None:
 
 def test_module_entry_point_runs() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "souverix_crdt.demo"],
+        [sys.executable, "-m", "souverix_crdt.federation.demo"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError, SouverixError
-from souverix_crdt.peer import PeerConfig, load_peer_config, open_replica
+from souverix_crdt.plane.peer import PeerConfig, load_peer_config, open_replica
 from souverix_crdt.sync.driver import SessionStats, run_session
 from souverix_crdt.sync.session import SyncSession
 from souverix_crdt.testing.nats_server import NatsServer, nats_server_binary

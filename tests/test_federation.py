@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from souverix_crdt._carriers import SignedBundleCarrier, default_carrier
 from souverix_crdt.errors import BundleError, CapabilityViolationError
-from souverix_crdt.federation import (
+from souverix_crdt.federation._carriers import SignedBundleCarrier, default_carrier
+from souverix_crdt.federation.inventory import NodeReport, node_reports
+from souverix_crdt.federation.manager import (
     FederationManager,
     LinkState,
     ManualClock,
     sqlite_stores,
 )
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.inventory import NodeReport, node_reports
-from souverix_crdt.keyring import bootstrap_keys
 from souverix_crdt.lww import Strategy
+from souverix_crdt.plane.keyring import bootstrap_keys
+from souverix_crdt.plane.topology import default_topology, default_topology_text, parse_topology
 from souverix_crdt.scope import Scope
-from souverix_crdt.topology import default_topology, default_topology_text, parse_topology
 
 START = 1_748_764_800_000
 MINUTE = 60_000

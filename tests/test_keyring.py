@@ -11,9 +11,9 @@ import pytest
 from souverix_crdt.authority import Capability, verify_chain
 from souverix_crdt.errors import KeyFileError
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.keyring import bootstrap_keys, capabilities_for, load_keys, save_keys
+from souverix_crdt.plane.keyring import bootstrap_keys, capabilities_for, load_keys, save_keys
+from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.scope import Autonomy, Tier
-from souverix_crdt.topology import default_topology
 
 START = Timestamp(1_750_000_000_000)
 END = Timestamp(1_850_000_000_000)

@@ -39,8 +39,8 @@ from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import TransportError
-from souverix_crdt.keyring import FederationKeys, load_keys
-from souverix_crdt.peer import load_peer_config, open_replica
+from souverix_crdt.plane.keyring import FederationKeys, load_keys
+from souverix_crdt.plane.peer import load_peer_config, open_replica
 from souverix_crdt.replica import Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.driver import SessionStats, run_session

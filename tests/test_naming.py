@@ -18,12 +18,12 @@ from souverix_crdt.errors import (
     UnknownCollectionError,
     UnknownPlaneError,
 )
-from souverix_crdt.keyring import FederationKeys, bootstrap_keys
 from souverix_crdt.naming import describe_writer, plane_name
+from souverix_crdt.plane.keyring import FederationKeys, bootstrap_keys
+from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.replica import Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.session import SyncSession
-from souverix_crdt.topology import default_topology
 
 NOW = 1_767_225_600_000
 ZONE = "global/region-a/edge-a1"

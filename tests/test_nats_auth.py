@@ -28,10 +28,10 @@ from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from souverix_crdt.backoff import Backoff
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError, TransportError
-from souverix_crdt.peer import PeerConfig, PeerLink, PeerProcess, parse_peer_config
+from souverix_crdt.plane.backoff import Backoff
+from souverix_crdt.plane.peer import PeerConfig, PeerLink, PeerProcess, parse_peer_config
 from souverix_crdt.testing.nats_server import (
     NatsServer,
     TcpProxy,

@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
-from souverix_crdt.peer import (
+from souverix_crdt.plane.peer import (
     PeerConfig,
     PeerLink,
     PeerProcess,

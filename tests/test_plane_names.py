@@ -12,11 +12,11 @@ from souverix_crdt.authority import (
 )
 from souverix_crdt.errors import KeyFileError, MalformedEnvelopeError, SignatureError
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.keydir import delegate_plane
-from souverix_crdt.keyring import bootstrap_keys
+from souverix_crdt.plane.keydir import delegate_plane
+from souverix_crdt.plane.keyring import bootstrap_keys
+from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.scope import Autonomy, Tier
 from souverix_crdt.testing.fleet import NOT_AFTER, NOT_BEFORE, NOW, make_fleet
-from souverix_crdt.topology import default_topology
 
 BAD_NAMES = ["", "../../escaped", "a/b", "Edge", "edge.a1", "-edge", "edge-", "é", "x" * 64]
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from souverix_crdt.authority import cut_key, issue_revocation
 from souverix_crdt.cli import cli
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.keyring import load_keys
-from souverix_crdt.peer import load_peer_config, open_replica
+from souverix_crdt.plane.keyring import load_keys
+from souverix_crdt.plane.peer import load_peer_config, open_replica
 from souverix_crdt.refusals import KEPT_PER_REASON, RefusalLog, RefusedEnvelope
 from souverix_crdt.replica import Identity, IngestOutcome, Replica
 from souverix_crdt.store.memory import MemoryStore

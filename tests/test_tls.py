@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError, KeyFileError, TransportBrokenError
-from souverix_crdt.peer import (
+from souverix_crdt.plane.peer import (
     PeerConfig,
     PeerLink,
     PeerProcess,

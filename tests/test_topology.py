@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from souverix_crdt.errors import SouverixError, TopologyError
-from souverix_crdt.scope import Autonomy, Scope, Tier
-from souverix_crdt.topology import (
+from souverix_crdt.plane.topology import (
     Direction,
     SyncMode,
     default_topology,
@@ -21,6 +20,7 @@ from souverix_crdt.topology import (
     parse_duration,
     parse_topology,
 )
+from souverix_crdt.scope import Autonomy, Scope, Tier
 
 BASE = default_topology_text()
 

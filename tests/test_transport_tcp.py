@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from souverix_crdt.backoff import Backoff
 from souverix_crdt.errors import (
     FrameTooLargeError,
     TransportBrokenError,
     TransportClosedError,
     TransportError,
 )
+from souverix_crdt.plane.backoff import Backoff
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.driver import SessionStats, StopReason, run_session

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 from rich.tree import Tree
 
-from souverix_crdt.federation import FederationManager, ManualClock
-from souverix_crdt.hlc import Timestamp
-from souverix_crdt.inventory import NodeReport
-from souverix_crdt.keyring import bootstrap_keys
-from souverix_crdt.render import dot, mermaid, render_text, render_tree
-from souverix_crdt.scope import Autonomy, Tier
-from souverix_crdt.topology import default_topology
-from souverix_crdt.views import (
+from souverix_crdt.federation.inventory import NodeReport
+from souverix_crdt.federation.manager import FederationManager, ManualClock
+from souverix_crdt.federation.render import dot, mermaid, render_text, render_tree
+from souverix_crdt.federation.views import (
     DEFAULT_DELAYED_AFTER_MS,
     FleetView,
     NodeCounts,
@@ -24,6 +20,10 @@ from souverix_crdt.views import (
     fleet_view,
     node_status,
 )
+from souverix_crdt.hlc import Timestamp
+from souverix_crdt.plane.keyring import bootstrap_keys
+from souverix_crdt.plane.topology import default_topology
+from souverix_crdt.scope import Autonomy, Tier
 
 START = 1_748_764_800_000
 MINUTE = 60_000

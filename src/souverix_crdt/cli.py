@@ -40,13 +40,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .authority import Capability, Delegation, Revocation
-from .conflicts import ConflictRecord
-from .document import COLLECTIONS
-from .errors import AuthorityError, ConfigError, SouverixError, UnknownPlaneError
-from .hlc import system_wall_clock
-from .keydir import (
+from souverix_crdt.federation.status import LinkState, LinkStatus
+from souverix_crdt.plane.keydir import (
     TOPOLOGY_FILE,
     cut_from_store,
     delegate_plane,
@@ -54,9 +49,14 @@ from .keydir import (
     rotate_plane,
     save_revocation,
 )
-from .keyring import FederationKeys, bootstrap_keys, load_keys, save_keys, save_tls
-from .naming import describe_writer
-from .peer import (
+from souverix_crdt.plane.keyring import (
+    FederationKeys,
+    bootstrap_keys,
+    load_keys,
+    save_keys,
+    save_tls,
+)
+from souverix_crdt.plane.peer import (
     PeerConfig,
     PeerProcess,
     learn_key_directory,
@@ -64,12 +64,24 @@ from .peer import (
     load_peer_config,
     open_replica,
 )
+from souverix_crdt.plane.topology import (
+    Topology,
+    default_topology_text,
+    load_topology,
+    parse_topology,
+)
+from souverix_crdt.store.sqlite import SqliteStore
+from souverix_crdt.transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_files
+
+from . import __version__
+from .authority import Capability, Delegation, Revocation
+from .conflicts import ConflictRecord
+from .document import COLLECTIONS
+from .errors import AuthorityError, ConfigError, SouverixError, UnknownPlaneError
+from .hlc import system_wall_clock
+from .naming import describe_writer
 from .replica import Replica, SyncDebt
 from .scope import Autonomy, Scope, Tier
-from .status import LinkState, LinkStatus
-from .store.sqlite import SqliteStore
-from .topology import Topology, default_topology_text, load_topology, parse_topology
-from .transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_files
 
 __all__ = ["cli", "main"]
 
@@ -224,7 +236,7 @@ def demo(*, seed: int, workdir: Path | None, dashboard: bool, host: str, port: i
         run_demo_dashboard(host, port, seed=seed, workdir=workdir)
         return
     # Imported here: the demo pulls in the whole in-process federation.
-    from .demo import run_demo  # noqa: PLC0415
+    from souverix_crdt.federation.demo import run_demo  # noqa: PLC0415
 
     run_demo(workdir=workdir, seed=seed)
     if workdir is None:
@@ -849,8 +861,8 @@ def view(
     output: str,
 ) -> None:
     """The Global Fleet View (or a regional one) from the planes' SQLite stores."""
-    from .render import render_text  # noqa: PLC0415 - rich trees only for this command
-    from .views import fleet_view  # noqa: PLC0415
+    from souverix_crdt.federation.render import render_text  # noqa: PLC0415 - rich trees only for this command
+    from souverix_crdt.federation.views import fleet_view  # noqa: PLC0415
 
     keys_dir, found = _view_configs(configs, keys_dir, stores_dir)
     if topology_file is None and not (keys_dir / TOPOLOGY_FILE).is_file():
@@ -927,7 +939,7 @@ def bundle_export(
     from_receipt: Path | None,
 ) -> None:
     """Write a signed bundle of what PEER has not acknowledged yet."""
-    from .transports.bundle import export_bundle, read_receipt  # noqa: PLC0415
+    from souverix_crdt.transports.bundle import export_bundle, read_receipt  # noqa: PLC0415
 
     config = _peer_config(config_path, keys_dir, plane, store_path)
     federation = load_keys(config.keys)
@@ -981,7 +993,7 @@ def bundle_import(
     file: Path,
 ) -> None:
     """Verify and apply FILE: a bundle (all or nothing) or a receipt (settles sync debt)."""
-    from .transports.bundle import (  # noqa: PLC0415
+    from souverix_crdt.transports.bundle import (  # noqa: PLC0415
         RECEIPT_MAGIC,
         export_receipt,
         import_bundle,
@@ -1029,7 +1041,7 @@ def bundle_receipt(
     out_file: Path,
 ) -> None:
     """Write a signed receipt of this replica's frontiers for the plane FOR."""
-    from .transports.bundle import export_receipt  # noqa: PLC0415
+    from souverix_crdt.transports.bundle import export_receipt  # noqa: PLC0415
 
     config = _peer_config(config_path, keys_dir, plane, store_path)
     # A new or rebuilt zone's first receipt comes from an empty store: create it.
@@ -1213,8 +1225,8 @@ def nats_credentials(
     get no session subjects.
     """
     try:
-        from .transports.nats import Subjects  # noqa: PLC0415 - the optional nats extra
-        from .transports.nats_auth import grants_for, write_fleet_credentials  # noqa: PLC0415
+        from souverix_crdt.transports.nats import Subjects  # noqa: PLC0415 - the optional nats extra
+        from souverix_crdt.transports.nats_auth import grants_for, write_fleet_credentials  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(
             f"needs the nats extra (pip install 'souverix-crdt[nats]'): {exc}"

@@ -62,6 +62,16 @@ from typing import Any, Final
 
 import attrs
 
+from souverix_crdt.store.base import (
+    Batch,
+    OutboxEntry,
+    OutboxStats,
+    Store,
+    StoredCheckpoint,
+    StoredEnvelope,
+    StoredItem,
+)
+
 from .authority import (
     COLLECTION_CAPABILITY,
     Authority,
@@ -106,15 +116,6 @@ from .refusals import META_PREFIX as REFUSED_META
 from .refusals import REASONS as REFUSAL_REASONS
 from .refusals import RefusalLog, RefusedEnvelope, refusal_reason
 from .scope import Scope
-from .store.base import (
-    Batch,
-    OutboxEntry,
-    OutboxStats,
-    Store,
-    StoredCheckpoint,
-    StoredEnvelope,
-    StoredItem,
-)
 
 __all__ = [
     "AckResult",

@@ -26,9 +26,9 @@ from typing import Any, Final
 
 from souverix_crdt.conflicts import ConflictRecord
 from souverix_crdt.document import Change
-from souverix_crdt.federation import FederationManager
+from souverix_crdt.federation.manager import FederationManager
+from souverix_crdt.plane.topology import Topology
 from souverix_crdt.replica import Replica
-from souverix_crdt.topology import Topology
 
 from .model import Source
 

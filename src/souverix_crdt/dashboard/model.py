@@ -1,11 +1,11 @@
 """What the dashboard shows, computed from live replicas as JSON-serialisable data.
 
 Everything here is a pure read of replicated state, recomputed on every call like the views of
-:mod:`souverix_crdt.views` (which it reuses for node counts, statuses, drift and sync debt, so the
-page shows exactly the figures the terminal views print). Two sources are supported:
+:mod:`souverix_crdt.federation.views` (which it reuses for node counts, statuses, drift and sync
+debt, so the page shows exactly the figures the terminal views print). Two sources are supported:
 
-* a :class:`~souverix_crdt.federation.FederationManager` — its topology, every replica it runs,
-  the live state and sync debt of its links, and :meth:`~FederationManager.describe`;
+* a :class:`~souverix_crdt.federation.manager.FederationManager` — its topology, every replica it
+  runs, the live state and sync debt of its links, and :meth:`~FederationManager.describe`;
 * a single :class:`~souverix_crdt.replica.Replica` — the planes it knows of are read from the
   delegations it holds (or from a topology, when one is given), and its sync debt per peer.
 
@@ -25,25 +25,25 @@ import attrs
 from souverix_crdt.authority import COLLECTION_CAPABILITY, Capability, Delegation
 from souverix_crdt.conflicts import ConflictRecord, RegisterId
 from souverix_crdt.envelope import chain_writer
-from souverix_crdt.federation import FederationManager
-from souverix_crdt.inventory import node_reports
-from souverix_crdt.replica import Replica, SyncDebt
-from souverix_crdt.scope import Autonomy, Scope, Tier
-from souverix_crdt.status import LinkState, LinkStatus, combine_debt
-from souverix_crdt.topology import (
-    AutonomyFlags,
-    ConflictResolution,
-    ControlPlaneSpec,
-    Topology,
-    format_duration,
-)
-from souverix_crdt.views import (
+from souverix_crdt.federation.inventory import node_reports
+from souverix_crdt.federation.manager import FederationManager
+from souverix_crdt.federation.status import LinkState, LinkStatus, combine_debt
+from souverix_crdt.federation.views import (
     DEFAULT_DELAYED_AFTER_MS,
     FleetView,
     ScopeRow,
     fleet_view,
     node_status,
 )
+from souverix_crdt.plane.topology import (
+    AutonomyFlags,
+    ConflictResolution,
+    ControlPlaneSpec,
+    Topology,
+    format_duration,
+)
+from souverix_crdt.replica import Replica, SyncDebt
+from souverix_crdt.scope import Autonomy, Scope, Tier
 
 __all__ = [
     "DESIRED_COLLECTIONS",

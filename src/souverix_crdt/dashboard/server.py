@@ -21,9 +21,9 @@ from typing import Final, TextIO
 
 import uvicorn
 
-from souverix_crdt.federation import FederationManager
+from souverix_crdt.federation.manager import FederationManager
+from souverix_crdt.plane.topology import Topology
 from souverix_crdt.replica import Replica
-from souverix_crdt.topology import Topology
 
 from .app import create_app
 from .live import Dashboard
@@ -213,13 +213,13 @@ def run_demo_dashboard(
     Args:
         host: The address to bind (loopback by default).
         port: The port to bind (0 picks a free one, printed with the address).
-        seed: The demo's seed (see :func:`~souverix_crdt.demo.run_demo`).
+        seed: The demo's seed (see :func:`~souverix_crdt.federation.demo.run_demo`).
         workdir: Where the demo keeps keys, bundles and graph files (default: a temporary
             folder).
         out: Where the demo and the address are printed (default: standard output).
         stop: Set it to stop serving (for embedding and tests); default: wait for Ctrl+C.
     """
-    from souverix_crdt.demo import run_demo  # noqa: PLC0415  (the demo is only needed here)
+    from souverix_crdt.federation.demo import run_demo  # noqa: PLC0415  (the demo is only needed here)
 
     stream = sys.stdout if out is None else out
     result = run_demo(out=out, workdir=workdir, seed=seed)

@@ -11,8 +11,8 @@ DESIGN.md §5 ("the same scenario runs over every transport and must end in the 
 A transport takes part through a :class:`Fabric`: ``sync(lower, upper)`` runs the two replicas
 until both hold what the other can send them. :class:`SessionFabric` does it for any
 :class:`~souverix_crdt.transports.base.Transport` with a sync session (the lower replica dials,
-through :meth:`~souverix_crdt.coordinator.SyncCoordinator.sync_once`); bundles implement it with
-files. Adding a transport to the parity test is writing its ``connect``::
+through :meth:`~souverix_crdt.plane.coordinator.SyncCoordinator.sync_once`); bundles implement it
+with files. Adding a transport to the parity test is writing its ``connect``::
 
     class MyFabric(SessionFabric):
         async def open(self, lower: Replica, upper: Replica) -> Transport:
@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from souverix_crdt.coordinator import LinkConfig, SyncCoordinator, SyncMode, SyncOutcome
+from souverix_crdt.plane.coordinator import LinkConfig, SyncCoordinator, SyncMode, SyncOutcome
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.sync.driver import run_session

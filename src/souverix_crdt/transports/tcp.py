@@ -56,7 +56,6 @@ from collections.abc import Awaitable, Callable
 from ssl import SSLContext, SSLError
 from typing import Final
 
-from souverix_crdt.backoff import Backoff, RandomSource
 from souverix_crdt.errors import (
     FrameTooLargeError,
     TransportBrokenError,
@@ -64,6 +63,7 @@ from souverix_crdt.errors import (
     TransportError,
 )
 from souverix_crdt.limits import DEFAULT_LIMITS, Limits
+from souverix_crdt.plane.backoff import Backoff, RandomSource
 
 from .base import DEFAULT_MAX_FRAME, Transport
 from .tls import certificate_plane_name

@@ -43,9 +43,10 @@ from typing import Any, Final
 
 import attrs
 
+from souverix_crdt.errors import TopologyError
+from souverix_crdt.scope import Autonomy, Scope, Tier
+
 from .backoff import Backoff
-from .errors import TopologyError
-from .scope import Autonomy, Scope, Tier
 
 __all__ = [
     "DEFAULT_TOPOLOGY_RESOURCE",
@@ -160,7 +161,7 @@ class RetryPolicy:
     max_attempts: int = 0
 
     def backoff(self) -> Backoff:
-        """The :class:`~souverix_crdt.backoff.Backoff` schedule (seconds) of this policy."""
+        """The :class:`~souverix_crdt.plane.backoff.Backoff` schedule (seconds) of this policy."""
         return Backoff(
             initial=self.initial_ms / 1000,
             multiplier=self.multiplier,

@@ -16,9 +16,10 @@ from rich.console import Console, Group
 from rich.text import Text
 from rich.tree import Tree
 
-from .scope import Autonomy, Tier
+from souverix_crdt.plane.topology import LinkSpec, SyncTarget, Topology, format_duration
+from souverix_crdt.scope import Autonomy, Tier
+
 from .status import LinkState, LinkStatus
-from .topology import LinkSpec, SyncTarget, Topology, format_duration
 from .views import FleetView, ScopeRow
 
 __all__ = ["LEVEL_STYLES", "dot", "mermaid", "render_text", "render_tree"]

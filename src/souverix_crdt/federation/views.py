@@ -1,10 +1,11 @@
 """The brief's Global Fleet View and Regional View, computed from replicated state.
 
 A view is computed at one replica (``global`` for the fleet view, a region's own replica for its
-regional view) from what that replica holds: node records (:mod:`souverix_crdt.inventory`), the
-desired versions and policies in force at each scope, and its clock; plus the status of the links
-on the way to each plane (state and sync debt, :class:`~souverix_crdt.status.LinkStatus`).
-Nothing is configured or estimated: every figure is recomputed from those on each call.
+regional view) from what that replica holds: node records
+(:mod:`souverix_crdt.federation.inventory`), the desired versions and policies in force at each
+scope, and its clock; plus the status of the links on the way to each plane (state and sync debt,
+:class:`~souverix_crdt.federation.status.LinkStatus`). Nothing is configured or estimated:
+every figure is recomputed from those on each call.
 
 Per plane of the tree under the view's root, a :class:`ScopeRow` holds:
 
@@ -22,7 +23,7 @@ Per plane of the tree under the view's root, a :class:`ScopeRow` holds:
   oldest unacknowledged one, shown as a human duration (``3h 45m``);
 * **authority** — level, autonomy mode, air gap.
 
-Views are frozen data with ``to_json()``; :mod:`souverix_crdt.render` draws them.
+Views are frozen data with ``to_json()``; :mod:`souverix_crdt.federation.render` draws them.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from typing import Any, Final
 
 import attrs
 
+from souverix_crdt.plane.topology import ControlPlaneSpec, Topology, format_duration
+from souverix_crdt.replica import Replica, SyncDebt
+from souverix_crdt.scope import Autonomy, Scope, Tier
+
 from .inventory import NodeReport, node_reports
-from .replica import Replica, SyncDebt
-from .scope import Autonomy, Scope, Tier
 from .status import LinkState, LinkStatus
-from .topology import ControlPlaneSpec, Topology, format_duration
 
 __all__ = [
     "DEFAULT_DELAYED_AFTER_MS",

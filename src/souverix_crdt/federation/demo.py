@@ -1,7 +1,7 @@
 """The demo: the product brief's federation in one process, on a simulated clock.
 
-``python -m souverix_crdt.demo`` (or :func:`run_demo`) builds the brief's topology from the
-packaged YAML, bootstraps keys deterministically from a seed, and plays a morning of fleet life
+``python -m souverix_crdt.federation.demo`` (or :func:`run_demo`) builds the brief's topology from
+the packaged YAML, bootstraps keys deterministically from a seed, and plays a morning of fleet life
 in well under a second of real time:
 
 1. every plane reports its nodes — region-a's zones 25 each, region-b 32 plus 8 in the
@@ -32,14 +32,15 @@ from typing import Any, Final, TextIO
 
 import attrs
 
-from .conflicts import ConflictRecord
-from .envelope import chain_writer
-from .federation import FederationManager, LinkStatus, ManualClock, PropagationStatus
-from .hlc import Timestamp
+from souverix_crdt.conflicts import ConflictRecord
+from souverix_crdt.envelope import chain_writer
+from souverix_crdt.hlc import Timestamp
+from souverix_crdt.plane.keyring import bootstrap_keys, save_keys
+from souverix_crdt.plane.topology import Topology, default_topology, format_duration
+
 from .inventory import NodeReport, node_reports
-from .keyring import bootstrap_keys, save_keys
+from .manager import FederationManager, LinkStatus, ManualClock, PropagationStatus
 from .render import dot, mermaid, render_text
-from .topology import Topology, default_topology, format_duration
 from .views import FleetView, fleet_view
 
 __all__ = ["APP", "EDGE_C_OUTAGE_MS", "NODES", "START_MS", "DemoResult", "main", "run_demo"]
@@ -380,7 +381,7 @@ def _clock_text(milliseconds: int) -> str:
 
 
 def main() -> None:
-    """Entry point of ``python -m souverix_crdt.demo``."""
+    """Entry point of ``python -m souverix_crdt.federation.demo``."""
     run_demo()
 
 

@@ -1,10 +1,10 @@
 """Changing a key directory after bootstrap: new delegations, revocations and key rotations.
 
-:mod:`souverix_crdt.keyring` makes and reads a key directory for a whole topology. Operators
+:mod:`souverix_crdt.plane.keyring` makes and reads a key directory for a whole topology. Operators
 then change it: a new zone gets a key and a delegation from its region, a leaked key is revoked,
 a key that has served its time is rotated. Each change here is a pure function from the
-:class:`~souverix_crdt.keyring.FederationKeys` it reads to the signed objects it makes; the
-caller saves them (:func:`~souverix_crdt.keyring.save_keys`, :func:`save_revocation`).
+:class:`~souverix_crdt.plane.keyring.FederationKeys` it reads to the signed objects it makes; the
+caller saves them (:func:`~souverix_crdt.plane.keyring.save_keys`, :func:`save_revocation`).
 
 Two files are added to the keyring layout::
 
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from .authority import (
+from souverix_crdt.authority import (
     Capability,
     Delegation,
     Revocation,
@@ -44,12 +44,13 @@ from .authority import (
     rotate_key,
     verify_chain,
 )
-from .envelope import chain_writer
-from .errors import KeyFileError, SouverixError
-from .hlc import Timestamp
+from souverix_crdt.envelope import chain_writer
+from souverix_crdt.errors import KeyFileError, SouverixError
+from souverix_crdt.hlc import Timestamp
+from souverix_crdt.scope import Autonomy, Scope, Tier
+from souverix_crdt.store.base import Store
+
 from .keyring import DEFAULT_VALIDITY_MS, FederationKeys, PlaneCredentials
-from .scope import Autonomy, Scope, Tier
-from .store.base import Store
 
 __all__ = [
     "REVOCATIONS_DIR",

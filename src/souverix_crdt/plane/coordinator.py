@@ -63,15 +63,16 @@ from typing import Any, Final
 
 import attrs
 
+from souverix_crdt.errors import SouverixError, TransportError
+from souverix_crdt.replica import Replica
+from souverix_crdt.scope import Scope
+from souverix_crdt.store.base import StoredEnvelope
+from souverix_crdt.sync.driver import DEFAULT_TICK_INTERVAL, SessionStats, run_session
+from souverix_crdt.sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
+from souverix_crdt.transports.base import Transport
+
 from .backoff import Backoff, RandomSource
-from .errors import SouverixError, TransportError
-from .replica import Replica
-from .scope import Scope
-from .store.base import StoredEnvelope
-from .sync.driver import DEFAULT_TICK_INTERVAL, SessionStats, run_session
-from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
 from .topology import ConflictResolution, Direction, SyncMode, SyncTarget, Topology
-from .transports.base import Transport
 
 __all__ = [
     "DEFAULT_DOWNSTREAM_FREQUENCY",
@@ -228,7 +229,7 @@ class LinkConfig:
     def from_target(
         cls, target: SyncTarget, *, connect: Connect, peer_scope: Scope | str | None = None
     ) -> LinkConfig:
-        """The link a topology file declares (:class:`~souverix_crdt.topology.SyncTarget`)."""
+        """The link a topology file declares (:class:`~souverix_crdt.plane.topology.SyncTarget`)."""
         frequency = (
             DEFAULT_OPPORTUNISTIC_FREQUENCY
             if target.frequency_ms is None

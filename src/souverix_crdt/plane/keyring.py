@@ -1,10 +1,10 @@
 """Keys and delegations for a whole topology: bootstrap, save to a directory, load back.
 
-:func:`bootstrap_keys` gives every control plane of a :class:`~souverix_crdt.topology.Topology`
-a signing key and a delegation chained down the tree: the root key(s) delegate to ``global``,
-``global`` to the regions and to ``edge-c``, each region to its zones (the issuer of a plane is
-the plane at its nearest ancestor scope). What a delegation grants follows the plane's authority
-block:
+:func:`bootstrap_keys` gives every control plane of a
+:class:`~souverix_crdt.plane.topology.Topology` a signing key and a delegation chained down the
+tree: the root key(s) delegate to ``global``, ``global`` to the regions and to ``edge-c``, each
+region to its zones (the issuer of a plane is the plane at its nearest ancestor scope). What a
+delegation grants follows the plane's authority block:
 
 * ``report_status`` always (a plane reports its own nodes);
 * ``modify_policies``, ``deploy_versions`` and ``operate_isolated`` exactly when the matching
@@ -47,7 +47,7 @@ from typing import Any, Final
 
 import attrs
 
-from .authority import (
+from souverix_crdt.authority import (
     Capability,
     Delegation,
     Grant,
@@ -57,12 +57,17 @@ from .authority import (
     issue_delegation,
     verify_chain,
 )
-from .errors import KeyFileError, SouverixError, UnknownPlaneError
-from .hlc import Timestamp, system_wall_clock
-from .replica import Identity
-from .scope import Tier
+from souverix_crdt.errors import KeyFileError, SouverixError, UnknownPlaneError
+from souverix_crdt.hlc import Timestamp, system_wall_clock
+from souverix_crdt.replica import Identity
+from souverix_crdt.scope import Tier
+from souverix_crdt.transports.tls import (
+    DEFAULT_CERTIFICATE_VALIDITY_DAYS,
+    TlsUpdate,
+    update_key_directory,
+)
+
 from .topology import ControlPlaneSpec, Topology
-from .transports.tls import DEFAULT_CERTIFICATE_VALIDITY_DAYS, TlsUpdate, update_key_directory
 
 __all__ = [
     "DEFAULT_VALIDITY_MS",

@@ -1,8 +1,8 @@
 """The federation manager: the control planes of one process, linked as the topology says.
 
 A :class:`FederationManager` opens a :class:`~souverix_crdt.replica.Replica` per control plane
-of a :class:`~souverix_crdt.topology.Topology` (each writing as its bootstrapped identity, see
-:mod:`souverix_crdt.keyring`) and links every pair the topology relates with a sans-IO
+of a :class:`~souverix_crdt.plane.topology.Topology` (each writing as its bootstrapped identity, see
+:mod:`souverix_crdt.plane.keyring`) and links every pair the topology relates with a sans-IO
 :class:`~souverix_crdt.sync.session.SyncSession` over the in-memory transport. Frames move only
 when the caller drives them (:meth:`~FederationManager.sync`, :meth:`~FederationManager.settle`),
 and every replica reads the injected wall clock, so a whole federation runs deterministically on a
@@ -20,7 +20,7 @@ Air-gapped links
     :meth:`~FederationManager.exchange_bundles` carries what each side lacks through files, both
     ways, and the return file acknowledges the first one. The carrier is a seam
     (:class:`BundleCarrier`): signed bundles and receipts of the bundle transport (see
-    :mod:`souverix_crdt._carriers`).
+    :mod:`souverix_crdt.federation._carriers`).
 
 Integration hooks
     :meth:`~FederationManager.describe` is the JSON-serialisable description the Digital Twin
@@ -37,20 +37,21 @@ from typing import Any, Final, Protocol
 
 import attrs
 
+from souverix_crdt.authority import COLLECTION_CAPABILITY, Capability
+from souverix_crdt.hlc import system_wall_clock
+from souverix_crdt.plane.keyring import FederationKeys
+from souverix_crdt.plane.topology import LinkSpec, Topology
+from souverix_crdt.replica import Receipt, Replica
+from souverix_crdt.scope import Scope
+from souverix_crdt.store.base import Store
+from souverix_crdt.store.memory import MemoryStore
+from souverix_crdt.sync.local import pump
+from souverix_crdt.sync.session import SessionState, SyncSession
+from souverix_crdt.transports.memory import MemoryNetwork, MemoryTransport
+
 from ._carriers import default_carrier
-from .authority import COLLECTION_CAPABILITY, Capability
-from .hlc import system_wall_clock
 from .inventory import NodeReport, node_reports, report_nodes
-from .keyring import FederationKeys
-from .replica import Receipt, Replica
-from .scope import Scope
 from .status import LinkState, LinkStatus, PropagationStatus, Publication, ScopeApplication
-from .store.base import Store
-from .store.memory import MemoryStore
-from .sync.local import pump
-from .sync.session import SessionState, SyncSession
-from .topology import LinkSpec, Topology
-from .transports.memory import MemoryNetwork, MemoryTransport
 
 __all__ = [
     "BundleCarrier",
@@ -127,7 +128,7 @@ StoreFactory = Callable[[str], Store]
 
 def sqlite_stores(directory: str | Path) -> StoreFactory:
     """A store factory keeping each plane in ``directory/<plane>.sqlite3`` (created if needed)."""
-    from .store.sqlite import SqliteStore  # noqa: PLC0415  (only services that ask load sqlite3)
+    from souverix_crdt.store.sqlite import SqliteStore  # noqa: PLC0415  (only services that ask load sqlite3)
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,8 +144,8 @@ class FederationManager:
 
     Args:
         topology: The validated topology.
-        keys: Credentials for every plane (from :func:`~souverix_crdt.keyring.bootstrap_keys`
-            or :func:`~souverix_crdt.keyring.load_keys`).
+        keys: Credentials for every plane (from :func:`~souverix_crdt.plane.keyring.bootstrap_keys`
+            or :func:`~souverix_crdt.plane.keyring.load_keys`).
         planes: Which planes run in this process (default: all); links to others are left to
             the sync coordinator of a real deployment.
         wall_clock: The time source every replica reads, in milliseconds.

@@ -2,8 +2,8 @@
 
 :class:`SignedBundleCarrier` adapts the signed bundle transport (``transports/bundle.py``: a
 signed manifest, all-or-nothing import, signed receipts) to the manager's
-:class:`~souverix_crdt.federation.BundleCarrier` interface. It is the only carrier: a receipt
-settles sync debt, so it must be signed by the plane it names, and only signed bundles and
+:class:`~souverix_crdt.federation.manager.BundleCarrier` interface. It is the only carrier: a
+receipt settles sync debt, so it must be signed by the plane it names, and only signed bundles and
 receipts are.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .replica import Replica
-from .scope import Scope
-from .transports import bundle
-from .transports.bundle import BundleInfo, BundleReceipt, ImportResult
+from souverix_crdt.replica import Replica
+from souverix_crdt.scope import Scope
+from souverix_crdt.transports import bundle
+from souverix_crdt.transports.bundle import BundleInfo, BundleReceipt, ImportResult
 
 __all__ = ["SignedBundleCarrier", "default_carrier"]
 

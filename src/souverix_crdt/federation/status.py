@@ -1,7 +1,7 @@
 """Status values the federation manager reports: links, sync debt, publications, propagation.
 
-Frozen values with ``to_json()``, shared by :mod:`souverix_crdt.federation` (which produces them)
-and :mod:`souverix_crdt.views` (which reads them).
+Frozen values with ``to_json()``, shared by :mod:`souverix_crdt.federation.manager` (which produces
+them) and :mod:`souverix_crdt.federation.views` (which reads them).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .replica import Receipt, SyncDebt
+from souverix_crdt.replica import Receipt, SyncDebt
 
 __all__ = [
     "LinkState",

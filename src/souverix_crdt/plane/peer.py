@@ -99,9 +99,8 @@ from typing import Any, Final
 import attrs
 import yaml
 
-from .authority import Grant
-from .backoff import Backoff
-from .errors import (
+from souverix_crdt.authority import Grant
+from souverix_crdt.errors import (
     ConfigError,
     KeyFileError,
     SouverixError,
@@ -109,25 +108,27 @@ from .errors import (
     UnknownPlaneError,
     _close_matches,
 )
-from .keydir import load_revocations
-from .keyring import FederationKeys, load_keys
-from .limits import DEFAULT_LIMITS, Limits
-from .replica import IngestOutcome, Replica
-from .scope import Scope
-from .store.base import Batch
-from .store.sqlite import SqliteStore
-from .sync.driver import SessionStats, run_session
-from .sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
-from .topology import parse_duration
-from .transports.base import Transport
-from .transports.tcp import (
+from souverix_crdt.limits import DEFAULT_LIMITS, Limits
+from souverix_crdt.replica import IngestOutcome, Replica
+from souverix_crdt.scope import Scope
+from souverix_crdt.store.base import Batch
+from souverix_crdt.store.sqlite import SqliteStore
+from souverix_crdt.sync.driver import SessionStats, run_session
+from souverix_crdt.sync.session import DEFAULT_BATCH_SIZE, SessionState, SyncSession
+from souverix_crdt.transports.base import Transport
+from souverix_crdt.transports.tcp import (
     MAX_FRAME_LIMIT,
     TcpServer,
     TcpTransport,
     ThrottledReport,
     connect_with_backoff,
 )
-from .transports.tls import client_context, key_directory_files, server_context
+from souverix_crdt.transports.tls import client_context, key_directory_files, server_context
+
+from .backoff import Backoff
+from .keydir import load_revocations
+from .keyring import FederationKeys, load_keys
+from .topology import parse_duration
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -912,8 +913,8 @@ class PeerProcess:
         import nats  # noqa: PLC0415
         from nats.aio.client import Client  # noqa: PLC0415
 
-        from .transports.nats import NatsTransport, Subjects  # noqa: PLC0415
-        from .transports.nats_auth import inbox_prefix  # noqa: PLC0415
+        from souverix_crdt.transports.nats import NatsTransport, Subjects  # noqa: PLC0415
+        from souverix_crdt.transports.nats_auth import inbox_prefix  # noqa: PLC0415
 
         url = self.config.nats_url
         assert url is not None

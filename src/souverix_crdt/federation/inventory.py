@@ -22,9 +22,9 @@ from typing import Any
 
 import attrs
 
-from .document import WriteOp
-from .replica import Receipt, Replica
-from .scope import Scope
+from souverix_crdt.document import WriteOp
+from souverix_crdt.replica import Receipt, Replica
+from souverix_crdt.scope import Scope
 
 __all__ = ["NodeReport", "node_reports", "report_nodes"]
 

@@ -1,7 +1,7 @@
 """Reading topology YAML: safe composition, field paths with lines, and strict validation.
 
-Private to :mod:`souverix_crdt.topology`, which re-exports the entry points. Every failure is one
-:class:`~souverix_crdt.errors.TopologyError` carrying the file, the dotted field path, the line
+Private to :mod:`souverix_crdt.plane.topology`, which re-exports the entry points. Every failure is
+one :class:`~souverix_crdt.errors.TopologyError` carrying the file, the dotted field path, the line
 and what was wrong.
 """
 
@@ -13,9 +13,10 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .authority import check_fleet_id
-from .errors import InvalidScopeError, MalformedEnvelopeError, TopologyError
-from .scope import Autonomy, Scope, Tier
+from souverix_crdt.authority import check_fleet_id
+from souverix_crdt.errors import InvalidScopeError, MalformedEnvelopeError, TopologyError
+from souverix_crdt.scope import Autonomy, Scope, Tier
+
 from .topology import (
     FORMAT_VERSION,
     MAX_BATCH_SIZE,
