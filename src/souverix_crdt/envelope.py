@@ -56,7 +56,7 @@ from .authority import (
     check_fleet_id,
     check_key_id,
 )
-from .codec import DEFAULT_LIMITS, Limits, decode, encode, encode_canonical
+from .codec import DEFAULT_LIMITS, DecodeLimits, decode, encode, encode_canonical
 from .errors import (
     DecodeError,
     ForeignFleetError,
@@ -68,7 +68,8 @@ from .errors import (
     UnsupportedVersionError,
     UntrustedKeyError,
 )
-from .hlc import Timestamp
+from .hlc import Timestamp, remote_logical_error
+from .limits import DEFAULT_LIMITS as BUDGETS
 from .scope import Scope
 
 __all__ = [
@@ -123,6 +124,8 @@ def _malformed(message: str, reason: str) -> MalformedEnvelopeError:
 
 
 def _as_malformed(exc: DecodeError | InvalidScopeError) -> NoReturn:
+    if isinstance(exc, TooLargeError):
+        raise exc  # over a budget: the caller sees the budget's name, not a shape error
     raise MalformedEnvelopeError(str(exc), reason=exc.reason or "malformed") from exc
 
 
@@ -207,7 +210,7 @@ class EnvelopeHeader:
         return encode_canonical(self.to_map())
 
     @classmethod
-    def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> EnvelopeHeader:
+    def decode(cls, data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> EnvelopeHeader:
         """Decode header bytes strictly: exact keys, exact types, canonical encoding.
 
         Raises:
@@ -450,7 +453,7 @@ class VerifiedEnvelope:
         )
 
 
-def _decode_outer(data: object, limits: Limits) -> tuple[bytes, bytes, bytes, bytes]:
+def _decode_outer(data: object, limits: DecodeLimits) -> tuple[bytes, bytes, bytes, bytes]:
     """Size, outer array, version, algorithm, canonical form; return the four byte fields.
 
     Returns:
@@ -491,7 +494,7 @@ def _decode_outer(data: object, limits: Limits) -> tuple[bytes, bytes, bytes, by
 
 
 def read_header(
-    data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS
+    data: bytes | bytearray | memoryview, *, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> EnvelopeHeader:
     """Decode an envelope's header WITHOUT verifying anything but its shape.
 
@@ -511,7 +514,8 @@ def open_envelope(
     *,
     physical_now: int,
     max_offset: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    max_logical: int = BUDGETS.max_remote_logical,
 ) -> VerifiedEnvelope:
     """Verify an envelope received from anyone; the only way to get a :class:`VerifiedEnvelope`.
 
@@ -521,6 +525,9 @@ def open_envelope(
         physical_now: The local physical time in milliseconds (read by the caller's clock).
         max_offset: How far, in milliseconds, the envelope's HLC may lead ``physical_now``.
         limits: Decoding limits; ``limits.max_size`` bounds the whole envelope.
+        max_logical: Highest logical counter the envelope's HLC may carry
+            (:attr:`~souverix_crdt.limits.Limits.max_remote_logical`); above it the envelope is
+            refused with ``TooLargeError(reason="max_remote_logical")``.
 
     Raises:
         TooLargeError: over the size limit.
@@ -540,7 +547,12 @@ def open_envelope(
         RevokedError: the writer (or a key above it) is revoked and this write is past the cut.
     """
     raw, header, payload, identifier, grant = verify_signed(
-        data, authority, physical_now=physical_now, max_offset=max_offset, limits=limits
+        data,
+        authority,
+        physical_now=physical_now,
+        max_offset=max_offset,
+        limits=limits,
+        max_logical=max_logical,
     )
     return VerifiedEnvelope(
         _TOKEN, id=identifier, data=raw, header=header, payload=payload, grant=grant
@@ -553,8 +565,9 @@ def verify_signed(
     *,
     physical_now: int,
     max_offset: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     domain: bytes = ENVELOPE_DOMAIN,
+    max_logical: int = BUDGETS.max_remote_logical,
 ) -> tuple[bytes, EnvelopeHeader, bytes, bytes, Grant]:
     """Every check of :func:`open_envelope`, for any object in the envelope format.
 
@@ -593,6 +606,11 @@ def verify_signed(
         signature, signed_message(ALGORITHM, fleet_id, header_bytes, payload, domain=domain)
     )
     identifier = envelope_id(raw)
+    # A logical counter no honest clock issues (they tick their wall instead) would leave the
+    # receiver's clock no room to count: refused for good, not quarantined, since waiting never
+    # makes it valid. Checked here, before anything of the envelope is applied or held.
+    if header.hlc.logical > max_logical:
+        raise remote_logical_error(header.hlc, max_logical, scope=scope, writer=header.writer)
     if header.hlc.wall - physical_now > max_offset:
         raise QuarantinedError(
             f"envelope HLC {header.hlc} is more than {max_offset} ms ahead of {physical_now}",

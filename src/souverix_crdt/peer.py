@@ -422,6 +422,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
         return " ".join(f"{where}{problem}".split())
     return " ".join(str(exc).split())
+
+
 def _tls(
     read: _Reader, top: dict[str, Any], folder: Path, keys: Path, plane: str
 ) -> dict[str, Any]:

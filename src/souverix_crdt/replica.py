@@ -83,7 +83,7 @@ from .errors import (
     UnknownDelegationError,
 )
 from .handles import ScopeHandle, Transaction, change_stream
-from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
+from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_LOGICAL, Clock, Timestamp, system_wall_clock
 from .lww import Strategy
 from .naming import plane_name
 from .scope import Scope
@@ -470,6 +470,7 @@ class Replica:
                 self.authority,
                 physical_now=max(self.clock.physical(), stored.hlc.wall),
                 max_offset=self.clock.max_offset,
+                max_logical=MAX_LOGICAL,  # accepted once already: a tighter bound since is moot
             )
         except SouverixError:
             return False  # revoked since, or no longer verifiable: it stops counting here
@@ -810,6 +811,7 @@ class Replica:
                 self.authority,
                 physical_now=self.clock.physical(),
                 max_offset=self.clock.max_offset,
+                max_logical=self.clock.max_logical,
             )
         except QuarantinedError as exc:
             return self._quarantine_envelope(data, exc, batch)
@@ -895,6 +897,7 @@ class Replica:
                     self.authority,
                     physical_now=self.clock.physical(),
                     max_offset=self.clock.max_offset,
+                    max_logical=self.clock.max_logical,
                 )
             except SouverixError:
                 break
@@ -1156,6 +1159,7 @@ class Replica:
                 self.authority,
                 physical_now=self.clock.physical(),
                 max_offset=self.clock.max_offset,
+                max_logical=self.clock.max_logical,
             )
         except SouverixError as exc:
             return IngestResult(IngestOutcome.REJECTED, error=exc)

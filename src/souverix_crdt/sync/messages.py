@@ -22,8 +22,9 @@ from typing import Any, Final
 
 import attrs
 
-from souverix_crdt.codec import Limits, decode, encode
-from souverix_crdt.errors import DecodeError, RemoteProtocolError
+from souverix_crdt.codec import DecodeLimits, decode, encode
+from souverix_crdt.errors import DecodeError, RemoteProtocolError, TooLargeError
+from souverix_crdt.limits import DEFAULT_LIMITS
 
 __all__ = [
     "MESSAGE_LIMITS",
@@ -51,9 +52,11 @@ NONCE_SIZE: Final = 32
 #: Bytes of an Ed25519 signature (a proof).
 SIGNATURE_SIZE: Final = 64
 
-#: Limits for decoding a frame: envelopes are bounded by the batch size and their own limits.
-MESSAGE_LIMITS: Final = Limits(
-    max_size=32 * 1024 * 1024,
+#: Limits for decoding a frame: one frame is at most ``max_frame`` bytes, and the whole-message
+#: budget (``decode_objects``, ``decode_expansion``) holds across all of it; envelopes inside are
+#: bounded again by their own limits when they are opened.
+MESSAGE_LIMITS: Final = DecodeLimits(
+    max_size=DEFAULT_LIMITS.max_frame,
     max_depth=6,
     max_str_len=4096,
     max_bin_len=16 * 1024 * 1024,
@@ -206,6 +209,18 @@ def encode_message(message: Message) -> bytes:
 
 #: Batches smaller than this are sent as they are: compressing them gains nothing.
 COMPRESS_ABOVE: Final = 1024
+#: Most a compressed batch may inflate, as a multiple of its compressed size, once it is over
+#: :data:`INFLATE_FREELY`. Inflating and decoding a batch takes about twice its plain size, so
+#: this keeps a deflate bomb (a few kilobytes that inflate to a frame's worth) within a small
+#: multiple of the frame that carried it. A sender whose batch deflates further sends it plain.
+MAX_INFLATION: Final = 3
+#: Plain size any compressed batch may inflate to, whatever its ratio: a bounded, small cost.
+INFLATE_FREELY: Final = 64 * 1024
+
+
+def inflation_cap(compressed: int, max_size: int) -> int:
+    """The most a compressed batch of ``compressed`` bytes may inflate to, under ``max_size``."""
+    return min(max_size, max(INFLATE_FREELY, MAX_INFLATION * compressed))
 
 
 def _envelopes_body(items: tuple[bytes, ...]) -> dict[str, Any]:
@@ -214,34 +229,47 @@ def _envelopes_body(items: tuple[bytes, ...]) -> dict[str, Any]:
     plain = encode(list(items))
     if len(plain) > COMPRESS_ABOVE:
         packed = zlib.compress(plain, 6)
-        if len(packed) < len(plain) * 9 // 10:
+        if len(packed) < len(plain) * 9 // 10 and len(plain) <= inflation_cap(
+            len(packed), MESSAGE_LIMITS.max_size
+        ):
             return {"items": [], "z": packed}
     return {"items": list(items), "z": b""}
 
 
-def _inflate(data: bytes, limits: Limits) -> list[Any]:
+def _inflate(data: bytes, limits: DecodeLimits) -> list[Any]:
+    # Checked while inflating, never after: a small frame must not become a huge allocation.
+    cap = inflation_cap(len(data), limits.max_size)
     inflater = zlib.decompressobj()
     try:
-        plain = inflater.decompress(data, limits.max_size + 1)
+        plain = inflater.decompress(data, cap + 1)
     except zlib.error as exc:
         raise _fail(f"compressed batch does not inflate: {exc}", "malformed") from exc
-    # Checked while inflating, never after: a small frame must not become a huge allocation.
-    if len(plain) > limits.max_size or inflater.unconsumed_tail or not inflater.eof:
-        raise _fail("compressed batch is truncated or inflates past the limit", "too-large")
+    if len(plain) > cap:
+        raise _fail(
+            f"compressed batch inflates past {cap} bytes (over {INFLATE_FREELY} bytes: at most "
+            f"{MAX_INFLATION}x its size, and a frame)",
+            "decode_expansion",
+        )
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise _fail("compressed batch is truncated", "malformed")
     try:
         items = decode(plain, limits)
+    except TooLargeError as exc:
+        raise _fail(
+            f"compressed batch is over its budget: {exc}", exc.reason or "too-large"
+        ) from exc
     except DecodeError as exc:
         raise _fail(f"compressed batch does not decode: {exc}", "malformed") from exc
     return _list(items, "items")
 
 
-def _envelopes(body: Mapping[str, Any]) -> Envelopes:
+def _envelopes(body: Mapping[str, Any], limits: DecodeLimits = MESSAGE_LIMITS) -> Envelopes:
     items = _list(body["items"], "items")
     packed = _bytes(body["z"], "z")
     if packed:
         if items:
             raise _fail("a batch is either plain or compressed", "schema")
-        items = _inflate(packed, MESSAGE_LIMITS)
+        items = _inflate(packed, limits)
     return Envelopes(tuple(_bytes(i, "envelope") for i in items))
 
 
@@ -344,17 +372,23 @@ _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]],
 }
 
 
-def decode_message(frame: bytes, limits: Limits = MESSAGE_LIMITS) -> Message:
+def decode_message(frame: bytes, limits: DecodeLimits = MESSAGE_LIMITS) -> Message:
     """Decode one frame from a peer.
 
     Raises:
-        RemoteProtocolError: ``reason="version"`` for another protocol version,
+        RemoteProtocolError: ``reason="max_frame"``, ``"decode_objects"`` or
+            ``"decode_expansion"`` for a frame over its budget (a compressed batch included),
+            ``reason="version"`` for another protocol version,
             ``reason="unknown-message"`` for a type this version does not know, and
             ``reason="malformed"`` or ``"schema"`` for anything else that is wrong.
     """
     try:
         obj = decode(frame, limits)
+    except TooLargeError as exc:
+        raise _fail(f"frame is over its budget: {exc}", exc.reason or "too-large") from exc
     except DecodeError as exc:
+        if exc.reason == "size":
+            raise _fail(f"frame is over its budget: {exc}", "max_frame") from exc
         raise _fail(f"frame does not decode: {exc}", "malformed") from exc
     if type(obj) is not list or len(obj) != 3:
         raise _fail("a frame is [version, type, body]", "malformed")
@@ -367,4 +401,6 @@ def decode_message(frame: bytes, limits: Limits = MESSAGE_LIMITS) -> Message:
     keys, build = schema
     if type(body) is not dict or set(body) != keys:
         raise _fail(f"{kind} body must have exactly the fields {sorted(keys)}", "schema")
+    if kind == MessageType.ENVELOPES.value:
+        return _envelopes(body, limits)  # a compressed batch inflates under the frame's limits
     return build(body)
