@@ -183,9 +183,7 @@ def test_air_gapped_zone_syncs_only_by_bundle(clock: ManualClock, tmp_path: Path
     manager.close()
 
 
-def test_bundles_from_another_fleet_are_refused(
-    manager: FederationManager, tmp_path: Path
-) -> None:
+def test_bundles_from_another_fleet_are_refused(manager: FederationManager, tmp_path: Path) -> None:
     other_topology = parse_topology(default_topology_text_for("other-fleet"), file="other.yaml")
     other_keys = bootstrap_keys(
         other_topology,
