@@ -126,7 +126,11 @@ def _assert_within_budget(report: dict[str, Any]) -> None:
 def test_a_sync_frame_bomb_costs_a_bounded_multiple_of_its_size(shape: str, size: int) -> None:
     report = _measure(shape, size, "frame")
     _assert_within_budget(report)
-    assert report["error"].startswith("RemoteProtocolError:decode_"), report
+    assert report["error"] in {
+        "RemoteProtocolError:decode_objects",
+        "RemoteProtocolError:decode_expansion",
+        "RemoteProtocolError:max_frame",  # a batch inflating past a frame
+    }, report
 
 
 @pytest.mark.parametrize("entry", ["envelope", "manifest"])

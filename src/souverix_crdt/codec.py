@@ -31,6 +31,7 @@ __all__ = [
     "check_structure",
     "decode",
     "decode_fields",
+    "decoded_bytes_cost",
     "encode",
     "encode_canonical",
     "reject_ext",
@@ -172,6 +173,11 @@ _FIXED_COST: Final = {
 _STR_WIDTH: Final = {0xD9: 1, 0xDA: 2, 0xDB: 4}
 _BIN_WIDTH: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 _EXT: Final = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+
+
+def decoded_bytes_cost(length: int) -> int:
+    """Estimated memory of one decoded ``bytes`` of ``length`` (its slot included), as scanned."""
+    return _SLOT + (_BIN + length if length > 1 else 0)
 
 
 def _over_budget(what: str, limit: int, reason: str) -> TooLargeError:

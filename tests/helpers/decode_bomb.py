@@ -43,13 +43,6 @@ def _chunks(item: bytes, size: int) -> bytes:
     return _array(chunk * count, count)
 
 
-def _mixed(size: int, symbols: bytes, seed: int = 0) -> bytes:
-    # Random one-byte objects from a small alphabet: compressible, but only so far.
-    rng = random.Random(seed)
-    body = bytes(rng.choice(symbols) for _ in range(min(size, 1 << 16))) * max(1, size >> 16)
-    return _array(body, len(body))
-
-
 SHAPES: dict[str, Callable[[int], bytes]] = {
     "nested-arrays": lambda size: _chunks(b"\x9f" + b"\x90" * 15, size),
     "tiny-maps": lambda size: _chunks(b"\x80", size),
@@ -65,13 +58,25 @@ def _frame(items: bytes, packed: bytes = b"") -> bytes:
 
 
 def build(shape: str, size: int, entry: str) -> bytes:
-    if shape == "deflate-bomb":  # far beyond the ratio: incompressible bytes, then a bomb
+    if shape == "deflate-bomb":  # incompressible bytes, then empty envelopes: 1000:1
         noise = random.Random(0).randbytes(size * 9 // 10)
-        plain = b"\x92\xc6" + len(noise).to_bytes(4, "big") + noise + _chunks(b"\x80", 4 * size)
+        count = 2 * size
+        plain = (
+            _array(b"", 1 + count)
+            + b"\xc6"
+            + len(noise).to_bytes(4, "big")
+            + noise
+            + b"\xc4\x00" * count
+        )
         return _frame(b"\x90", zlib.compress(plain, 9))
-    if shape == "deflate-mixed":  # just under the inflation ratio: decoded, then refused
-        plain = _mixed(size * 2, bytes([0x80, 0x90, 0xE0, 0xE1, 0xE2, 0xE3, 0xE4, 0xE5]))
-        return _frame(b"\x90", zlib.compress(plain, 6))
+    if shape == "deflate-mixed":  # envelopes of low-entropy bytes: about 3:1, the edge
+        count = min(200_000, size // 8)
+        length = max(2, 2 * size // count - 2)
+        symbols = bytes(b"abcd"[byte & 3] for byte in range(256))
+        noise = random.Random(0).randbytes(count * length).translate(symbols)
+        header = b"\xc4" + bytes([length]) if length < 256 else b"\xc5" + length.to_bytes(2, "big")
+        body = b"".join(header + noise[k * length : (k + 1) * length] for k in range(count))
+        return _frame(b"\x90", zlib.compress(_array(body, count), 6))
     body = SHAPES[shape](size - 64)
     if entry == "frame":
         return _frame(body)
