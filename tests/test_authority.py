@@ -35,7 +35,7 @@ from souverix_crdt.authority import (
     rotate_key,
     verify_chain,
 )
-from souverix_crdt.codec import Limits
+from souverix_crdt.codec import DecodeLimits
 from souverix_crdt.errors import (
     AuthorityError,
     CapabilityViolationError,
@@ -332,7 +332,7 @@ def test_delegation_decode_size_limits() -> None:
         Delegation.decode(b"\x00" * (MAX_DELEGATION_SIZE + 1))
     data = make_fleet()["edge-a1"].delegation.encode()
     with pytest.raises(TooLargeError):
-        Delegation.decode(data, Limits(max_size=len(data) - 1))
+        Delegation.decode(data, DecodeLimits(max_size=len(data) - 1))
     with pytest.raises(MalformedEnvelopeError):
         Delegation.decode("not bytes")  # type: ignore[arg-type]
 

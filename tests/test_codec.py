@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from souverix_crdt.codec import DEFAULT_LIMITS, Limits, decode, encode, encode_canonical
+from souverix_crdt.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode, encode_canonical
 from souverix_crdt.errors import DecodeError
 
 from .strategies import plain_values
@@ -111,7 +111,7 @@ def test_valid_vectors_decode(data: bytes, value: Any) -> None:
 # --------------------------------------------------------------------------- hostile vectors
 
 
-def _decode_error(data: object, limits: Limits = DEFAULT_LIMITS) -> DecodeError:
+def _decode_error(data: object, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodeError:
     with pytest.raises(DecodeError) as info:
         decode(data, limits)  # type: ignore[arg-type]
     return info.value
@@ -305,7 +305,7 @@ def test_non_contiguous_byte_view_decodes_its_items() -> None:
 
 
 def test_input_over_max_size_is_rejected_before_decoding() -> None:
-    limits = Limits(max_size=5)
+    limits = DecodeLimits(max_size=5)
     assert decode(b"\xa4abcd", limits) == "abcd"
     assert _decode_error(b"\xa5abcde", limits).reason == "size"
     # Refused on its size alone: these bytes are not even msgpack.
@@ -318,7 +318,7 @@ def test_input_over_max_size_is_rejected_before_decoding() -> None:
 @pytest.mark.parametrize("kind", ["list", "map"])
 @pytest.mark.parametrize("max_depth", [0, 1, 3, DEFAULT_LIMITS.max_depth])
 def test_nesting_at_max_depth_is_accepted_and_one_more_is_not(kind: str, max_depth: int) -> None:
-    limits = Limits(max_depth=max_depth)
+    limits = DecodeLimits(max_depth=max_depth)
     _assert_plain(decode(_nested(max_depth, kind=kind), limits), max_depth)
     assert _decode_error(_nested(max_depth + 1, kind=kind), limits).reason == "depth"
 
@@ -341,7 +341,7 @@ def test_default_depth_limit() -> None:
     ],
 )
 def test_per_container_limits(field: str, at_limit: Any, over_limit: Any) -> None:
-    limits = Limits(**{field: 3})
+    limits = DecodeLimits(**{field: 3})
     assert decode(encode(at_limit), limits) == at_limit
     assert decode(encode([at_limit]), limits) == [at_limit]
     _decode_error(encode(over_limit), limits)

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from souverix_crdt.authority import Authority, issue_revocation
-from souverix_crdt.codec import Limits
+from souverix_crdt.codec import DecodeLimits
 from souverix_crdt.envelope import (
     ENVELOPE_DOMAIN,
     EnvelopeHeader,
@@ -299,11 +299,11 @@ def test_outer_shape_is_strict(items: Any) -> None:
 def test_size_limit_comes_first() -> None:
     sealed = FLEET["edge-a1"].seal(payload=b"x" * 1000)
     with pytest.raises(TooLargeError):
-        open_(sealed.data, limits=Limits(max_size=len(sealed.data) - 1))
+        open_(sealed.data, limits=DecodeLimits(max_size=len(sealed.data) - 1))
     with pytest.raises(TooLargeError):
-        open_(b"\xff" * 2048, limits=Limits(max_size=1024))
+        open_(b"\xff" * 2048, limits=DecodeLimits(max_size=1024))
     with pytest.raises(MalformedEnvelopeError):
-        open_(sealed.data, limits=Limits(max_bin_len=100))
+        open_(sealed.data, limits=DecodeLimits(max_bin_len=100))
     with pytest.raises(MalformedEnvelopeError):
         open_("text")  # type: ignore[arg-type]
 

@@ -9,8 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from souverix_crdt.errors import ClockError, ClockOverflowError, ClockSkewError, DecodeError
+from souverix_crdt.errors import (
+    ClockError,
+    ClockSkewError,
+    DecodeError,
+    TooLargeError,
+)
 from souverix_crdt.hlc import MAX_LOGICAL, MAX_WALL, Clock, Timestamp
+from souverix_crdt.limits import DEFAULT_LIMITS
 
 from .strategies import REALISTIC_WALL, timestamps
 
@@ -137,6 +143,8 @@ def test_timestamp_from_list_accepts_tuple() -> None:
 # --------------------------------------------------------------------------- clock laws
 
 MAX_OFFSET = 500
+#: The highest logical counter a clock accepts from a peer (and counts to itself).
+MAX_REMOTE = DEFAULT_LIMITS.max_remote_logical
 START = 1_700_000_000_000
 
 
@@ -209,13 +217,11 @@ def test_timestamps_strictly_increase_whatever_the_wall_clock_does(ops: list[Op]
     physical=st.integers(*REALISTIC_WALL),
     last=timestamps(),
     lead=st.integers(-(10**9), MAX_OFFSET),
-    logical=st.integers(0, MAX_LOGICAL - 1),
+    logical=st.integers(0, MAX_REMOTE),
 )
 def test_update_exceeds_remote_and_previous(
     physical: int, last: Timestamp, lead: int, logical: int
 ) -> None:
-    if last.logical == MAX_LOGICAL:
-        last = Timestamp(last.wall, MAX_LOGICAL - 1)
     clock = Clock(FakeWallClock(physical), max_offset=MAX_OFFSET, floor=last)
     remote = Timestamp(max(0, physical + lead), logical)
     stamp = clock.update(remote)
@@ -228,7 +234,7 @@ def test_update_exceeds_remote_and_previous(
     physical=st.integers(*REALISTIC_WALL),
     max_offset=st.integers(0, 60_000),
     excess=st.integers(1, 10**12),
-    logical=st.integers(0, MAX_LOGICAL),
+    logical=st.integers(0, MAX_REMOTE),
 )
 def test_remote_beyond_max_offset_is_rejected_and_clock_does_not_move(
     physical: int, max_offset: int, excess: int, logical: int
@@ -262,17 +268,17 @@ def test_remote_exactly_at_max_offset_is_accepted(physical: int, max_offset: int
 @given(
     physical=st.integers(*REALISTIC_WALL),
     age=st.integers(0, 10 * 365 * 24 * 3_600_000),
-    logical=st.integers(0, MAX_LOGICAL),
+    logical=st.integers(0, MAX_REMOTE),
 )
 def test_old_timestamps_are_accepted(physical: int, age: int, logical: int) -> None:
     clock = Clock(FakeWallClock(physical), max_offset=MAX_OFFSET)
     before = clock.now()
     remote = Timestamp(max(0, physical - age), logical)
     if remote.wall == physical:
-        # Same millisecond as our last event: the merge ticks past the larger counter.
-        if logical == MAX_LOGICAL:
-            return
-        expected = Timestamp(physical, max(before.logical, logical) + 1)
+        # Same millisecond as our last event: the merge ticks past the larger counter (at
+        # the bound, the wall component ticks instead).
+        top = max(before.logical, logical)
+        expected = Timestamp(physical + 1, 0) if top == MAX_REMOTE else Timestamp(physical, top + 1)
     else:
         expected = Timestamp(physical, before.logical + 1)
     assert clock.update(remote) == expected
@@ -306,7 +312,7 @@ class Row(NamedTuple):
     expected: Timestamp | type[ClockError]
 
 
-_BOUND = MAX_LOGICAL
+_BOUND = MAX_REMOTE
 
 # In the style of CockroachDB's TestHLCClock (pkg/util/hlc/hlc_test.go), with max_offset=20.
 _COCKROACH_STYLE = [
@@ -342,27 +348,27 @@ _COCKROACH_STYLE = [
     Row(0, "send", None, Timestamp(40, 3)),
 ]
 
-# A restarted clock whose persisted floor sits with the counter at its bound.
+# A restarted clock whose persisted floor sits with the counter at its bound: it never fails,
+# it ticks its wall component instead; a remote counter above the bound is refused.
 _COUNTER_AT_BOUND = [
-    Row(100, "send", None, ClockOverflowError),
-    Row(90, "send", None, ClockOverflowError),
-    Row(100, "recv", Timestamp(100, 3), ClockOverflowError),
-    Row(100, "recv", Timestamp(50, 0), ClockOverflowError),
-    Row(100, "recv", Timestamp(100, _BOUND), ClockOverflowError),
-    # A remote at its own bound, ahead of us within max_offset: the merge cannot tick either.
-    Row(110, "recv", Timestamp(120, _BOUND), ClockOverflowError),
-    # Skew is still checked first.
+    Row(100, "send", None, Timestamp(101, 0)),
+    Row(90, "send", None, Timestamp(101, 1)),
+    Row(100, "recv", Timestamp(100, 3), Timestamp(101, 2)),
+    Row(100, "recv", Timestamp(101, _BOUND), Timestamp(102, 0)),
+    # A remote at the bound, ahead of us within max_offset: the merge ticks the wall.
+    Row(110, "recv", Timestamp(120, _BOUND), Timestamp(121, 0)),
+    # Skew is still checked.
     Row(100, "recv", Timestamp(121, 0), ClockSkewError),
-    # Once the wall clock moves on, the clock resumes.
-    Row(101, "send", None, Timestamp(101, 0)),
-    Row(101, "recv", Timestamp(110, _BOUND - 1), Timestamp(110, _BOUND)),
-    Row(101, "send", None, ClockOverflowError),
-    Row(111, "send", None, Timestamp(111, 0)),
+    # A counter above the bound is refused, even from the past.
+    Row(100, "recv", Timestamp(100, _BOUND + 1), TooLargeError),
+    Row(100, "recv", Timestamp(50, MAX_LOGICAL), TooLargeError),
+    Row(100, "send", None, Timestamp(121, 1)),
+    Row(130, "send", None, Timestamp(130, 0)),
 ]
 
 _SCRIPTS = {
     "cockroach-style": (Timestamp.ZERO, _COCKROACH_STYLE),
-    "counter-at-bound": (Timestamp(100, MAX_LOGICAL), _COUNTER_AT_BOUND),
+    "counter-at-bound": (Timestamp(100, _BOUND), _COUNTER_AT_BOUND),
 }
 
 
@@ -426,3 +432,58 @@ def test_floor_is_never_reissued_even_with_the_wall_clock_behind_it() -> None:
     clock = Clock(FakeWallClock(START - 60_000), floor=floor)
     assert clock.last == floor
     assert clock.now() == Timestamp(START, 42)
+
+
+# --------------------------------------------------------------------------- hostile peers
+
+_hostile_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.just(0), st.just(0)),
+        st.tuples(st.just("step"), st.integers(-1_000, 1_000), st.just(0)),
+        # Any counter, a wall anywhere from the past to a little beyond max_offset.
+        st.tuples(
+            st.sampled_from(["recv", "observe"]),
+            st.integers(-(10**6), MAX_OFFSET + 2),
+            st.integers(0, MAX_LOGICAL),
+        ),
+        # The freeze attempt: near the bound, just inside max_offset.
+        st.tuples(
+            st.sampled_from(["recv", "observe"]),
+            st.integers(MAX_OFFSET - 100, MAX_OFFSET),
+            st.sampled_from([MAX_REMOTE - 1, MAX_REMOTE, MAX_REMOTE + 1, MAX_LOGICAL]),
+        ),
+    ),
+    max_size=80,
+)
+
+
+@given(_hostile_ops)
+def test_no_remote_timestamp_makes_a_local_send_fail(ops: list[tuple[str, int, int]]) -> None:
+    wall = FakeWallClock(START)
+    clock = Clock(wall, max_offset=MAX_OFFSET)
+    issued = [clock.now()]
+    for kind, amount, logical in ops:
+        if kind == "step":
+            wall.now += amount
+            continue
+        if kind == "send":
+            issued.append(clock.now())  # never raises, whatever came before
+            assert issued[-1] > issued[-2]
+            continue
+        before = clock.last
+        remote = Timestamp(wall.now + amount, logical)
+        try:
+            if kind == "recv":
+                issued.append(clock.update(remote))
+                assert issued[-1] > max(before, remote)
+            else:
+                clock.observe(remote)
+                assert clock.last == max(before, remote)
+        except (ClockSkewError, TooLargeError) as exc:
+            assert clock.last == before  # refused: the clock did not move
+            if isinstance(exc, TooLargeError):
+                assert kind == "recv"
+                assert exc.reason == "max_remote_logical"
+                assert logical > MAX_REMOTE
+    issued.append(clock.now())
+    assert all(a < b for a, b in itertools.pairwise(issued))

@@ -3,7 +3,7 @@
 The names below are the public API; submodules hold the rest. See ``docs/`` for the concepts.
 """
 
-from .codec import Limits as Limits
+from .codec import DecodeLimits as DecodeLimits
 from .conflicts import ConflictLog as ConflictLog
 from .conflicts import ConflictRecord as ConflictRecord
 from .document import COLLECTIONS as COLLECTIONS
@@ -15,6 +15,8 @@ from .document import WriteResult as WriteResult
 from .errors import SouverixError as SouverixError
 from .hlc import Clock as Clock
 from .hlc import Timestamp as Timestamp
+from .limits import DEFAULT_LIMITS as DEFAULT_LIMITS
+from .limits import Limits as Limits
 from .lww import Register as Register
 from .lww import Strategy as Strategy
 from .scope import Autonomy as Autonomy
@@ -25,11 +27,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COLLECTIONS",
+    "DEFAULT_LIMITS",
     "Autonomy",
     "Change",
     "Clock",
     "ConflictLog",
     "ConflictRecord",
+    "DecodeLimits",
     "FleetState",
     "Limits",
     "Register",

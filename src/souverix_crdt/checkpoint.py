@@ -19,10 +19,11 @@ from typing import Final
 import attrs
 
 from .authority import Authority, Grant, SigningKey
-from .codec import DEFAULT_LIMITS, Limits, decode, encode
+from .codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
 from .envelope import EnvelopeHeader, seal, verify_signed
 from .errors import DecodeError, MalformedEnvelopeError
 from .hlc import Timestamp
+from .limits import DEFAULT_LIMITS as BUDGETS
 from .scope import Scope
 
 __all__ = ["CHECKPOINT_DOMAIN", "VerifiedCheckpoint", "open_checkpoint", "seal_checkpoint"]
@@ -87,7 +88,8 @@ def open_checkpoint(
     *,
     physical_now: int,
     max_offset: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    max_logical: int = BUDGETS.max_remote_logical,
 ) -> VerifiedCheckpoint:
     """Verify a checkpoint from anyone.
 
@@ -101,6 +103,7 @@ def open_checkpoint(
         physical_now=physical_now,
         max_offset=max_offset,
         limits=limits,
+        max_logical=max_logical,
         domain=CHECKPOINT_DOMAIN,
     )
     try:

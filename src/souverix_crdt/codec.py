@@ -1,9 +1,11 @@
 """msgpack with limits: the only place in the library that decodes untrusted bytes.
 
-Decoding enforces, before anything is allocated for it, a total size limit and per-container
-length limits (msgpack checks a length header against ``max_*_len`` before reserving memory),
-then walks the result once to enforce the nesting depth, ``str``-only map keys and the absence of
-extension types (msgpack's built-in timestamp extension included). Trailing bytes after the first
+Decoding enforces, before anything is allocated for it, a total size limit, a **whole-message
+budget** — total objects, total memory the decoded objects would take (as a multiple of the
+input size) and nesting depth, counted across every container by :func:`scan` before any object
+is built — and per-container length limits (msgpack checks a length header against ``max_*_len``
+before reserving memory). ``str``-only map keys and the absence of extension types (msgpack's
+built-in timestamp extension included) are checked too. Trailing bytes after the first
 object are an error. Every failure, whatever the bytes, is a
 :class:`~souverix_crdt.errors.DecodeError`; nothing else escapes.
 
@@ -18,28 +20,41 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from .errors import DecodeError
+from .errors import DecodeError, TooLargeError
+from .limits import DEFAULT_LIMITS as _BUDGETS
+from .limits import Limits
 
 __all__ = [
     "DEFAULT_LIMITS",
     "SCALAR_TYPES",
-    "Limits",
+    "DecodeLimits",
     "check_structure",
     "decode",
     "decode_fields",
+    "decoded_bytes_cost",
     "encode",
     "encode_canonical",
     "reject_ext",
+    "scan",
 ]
 
 
 @attrs.frozen(kw_only=True)
-class Limits:
-    """Bounds applied while decoding untrusted bytes.
+class DecodeLimits:
+    """Bounds applied while decoding one untrusted message.
+
+    Two kinds of bound: the **whole-message budget** (size, depth, total objects and the memory
+    the decoded objects would take, counted across every container of the message before any
+    of them is built), and **per-container lengths** (checked by msgpack against each header).
+    The budget's defaults come from :data:`souverix_crdt.limits.DEFAULT_LIMITS`; use
+    :meth:`within` to derive one from a replica's own :class:`~souverix_crdt.limits.Limits`.
 
     Attributes:
         max_size: Total input size in bytes.
         max_depth: Maximum container nesting (a scalar at top level has depth 0).
+        max_objects: Most msgpack objects (scalars and containers) in the whole message.
+        max_expansion: Most memory the decoded message may take, as a multiple of its size
+            (estimated from the msgpack structure before anything is built).
         max_str_len: Longest ``str`` in bytes.
         max_bin_len: Longest ``bytes``.
         max_array_len: Most items in one array.
@@ -47,15 +62,34 @@ class Limits:
     """
 
     max_size: int = 64 * 1024 * 1024
-    max_depth: int = 32
+    max_depth: int = _BUDGETS.decode_depth
+    max_objects: int = _BUDGETS.decode_objects
+    max_expansion: int = _BUDGETS.decode_expansion
     max_str_len: int = 1024 * 1024
     max_bin_len: int = 64 * 1024 * 1024
     max_array_len: int = 1_000_000
     max_map_len: int = 100_000
 
+    def within(self, limits: Limits, *, max_size: int | None = None) -> DecodeLimits:
+        """These bounds under ``limits``' whole-message budget (never looser than either).
+
+        Args:
+            limits: The replica's budgets (``decode_objects``, ``decode_depth``,
+                ``decode_expansion``).
+            max_size: The entry point's size budget from ``limits`` (``max_frame``,
+                ``max_envelope``…), if it has one.
+        """
+        return attrs.evolve(
+            self,
+            max_size=self.max_size if max_size is None else min(self.max_size, max_size),
+            max_depth=min(self.max_depth, limits.decode_depth),
+            max_objects=limits.decode_objects,
+            max_expansion=limits.decode_expansion,
+        )
+
 
 #: Limits used when a caller gives none.
-DEFAULT_LIMITS: Final = Limits()
+DEFAULT_LIMITS: Final = DecodeLimits()
 
 
 def reject_ext(code: int, data: bytes) -> Any:
@@ -108,6 +142,154 @@ def check_structure(obj: Any, max_depth: int) -> None:
 SCALAR_TYPES: Final = frozenset({type(None), bool, int, float, str, bytes})
 
 
+#: Inputs up to this size skip the budget scan: they cannot hold more objects than bytes, and
+#: even a worst case of that many empty maps (about 200 bytes each) stays under a megabyte.
+SCAN_ABOVE: Final = 4096
+
+# Estimated CPython (3.11, 64-bit) memory of each decoded object, in bytes, rounded up: every
+# object takes an 8-byte slot in its parent; containers add their own header (a dict grows
+# with its pairs), str and bin their payload. Empty and one-byte str/bin, None, booleans and
+# ints up to 256 are shared singletons and cost nothing but their slot.
+_SLOT: Final = 8
+_LIST: Final = 72
+_DICT: Final = 200
+_DICT_PAIR: Final = 40
+_STR: Final = 80
+_BIN: Final = 40
+_INT: Final = 36
+_FLOAT: Final = 24
+
+# msgpack first bytes whose object is a fixed-size scalar: its length after the first byte.
+_FIXED: Final = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0,  # nil, false, true
+    0xCA: 4, 0xCB: 8,  # float 32, 64
+    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,  # uint 8..64
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # int 8..64
+}  # fmt: skip
+_FIXED_COST: Final = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: _FLOAT, 0xCB: _FLOAT, 0xCC: 0,
+    0xCD: _INT, 0xCE: _INT, 0xCF: _INT, 0xD0: _INT, 0xD1: _INT, 0xD2: _INT, 0xD3: _INT,
+}  # fmt: skip
+_STR_WIDTH: Final = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+_BIN_WIDTH: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_EXT: Final = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+
+
+def decoded_bytes_cost(length: int) -> int:
+    """Estimated memory of one decoded ``bytes`` of ``length`` (its slot included), as scanned."""
+    return _SLOT + (_BIN + length if length > 1 else 0)
+
+
+def _over_budget(what: str, limit: int, reason: str) -> TooLargeError:
+    return TooLargeError(f"message holds more than {limit} {what}", reason=reason)
+
+
+def scan(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> None:  # noqa: PLR0912, PLR0915 -- one flat loop on purpose: a call per object would double its cost
+    """Check one msgpack message against the whole-message budget, building nothing.
+
+    Walks the encoding (one loop, no recursion) and counts, across every container of the
+    message, the objects it holds and an estimate of the memory decoding them would take;
+    also checks nesting depth, ``str`` map keys and the absence of extension types. A
+    container's item count is charged when its header is read, so a message announcing more
+    than the budget is refused before its items are even looked at.
+
+    The scan costs a little per object and nothing per byte (str and bin payloads are stepped
+    over): far less than building the objects, and bounded by ``limits.max_objects``.
+
+    Raises:
+        TooLargeError: ``reason="decode_objects"`` over ``max_objects`` objects,
+            ``reason="decode_expansion"`` if decoding would take more than ``max_expansion``
+            times the message's size in memory.
+        DecodeError: too deep (``"depth"``), a non-``str`` map key (``"map-key"``), an
+            extension type (``"ext"``), truncated input, or an invalid first byte.
+    """
+    size = len(data)
+    max_objects = limits.max_objects
+    max_cost = limits.max_expansion * size
+    max_depth = limits.max_depth
+    fixed, fixed_cost = _FIXED, _FIXED_COST
+    objects = 1
+    cost = _SLOT
+    pos = 0
+    left = 1  # items still to read in the innermost open container (the top level: one)
+    keys = False  # the innermost container is a map: its even-numbered items are keys
+    stack: list[tuple[int, bool]] = []
+    push, pop = stack.append, stack.pop
+    while True:
+        if not left:
+            if not stack:
+                break
+            left, keys = pop()
+            continue
+        if pos >= size:
+            raise DecodeError("truncated msgpack", reason="truncated")
+        first = data[pos]
+        # ``left`` counts a map's items down from 2n: an even count left means a key is next.
+        if keys and not left & 1 and not (0xA0 <= first <= 0xBF or 0xD9 <= first <= 0xDB):
+            raise DecodeError("map keys must be str", reason="map-key")
+        left -= 1
+        if first < 0x80 or first >= 0xE0:  # fixint
+            pos += 1
+            if 0xE0 <= first < 0xFB:  # below -5: not a shared small int
+                cost += _INT
+            continue
+        if first >= 0xA0 and first <= 0xBF:  # fixstr
+            length = first & 0x1F
+            pos += 1 + length
+            if length > 1:
+                cost += _STR + length
+            continue
+        if first < 0xA0:  # fixmap, fixarray
+            count = first & 0x0F
+            is_map = first < 0x90
+            pos += 1
+        elif first in fixed:
+            pos += 1 + fixed[first]
+            cost += fixed_cost[first]
+            continue
+        elif first in _STR_WIDTH or first in _BIN_WIDTH:
+            width = _STR_WIDTH.get(first) or _BIN_WIDTH[first]
+            length = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width + length
+            if length > 1:
+                cost += (_STR if first in _STR_WIDTH else _BIN) + length
+            continue
+        elif first in (0xDC, 0xDD, 0xDE, 0xDF):
+            width = 2 if first in (0xDC, 0xDE) else 4
+            count = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            is_map = first >= 0xDE
+            pos += 1 + width
+        elif first in _EXT:
+            raise DecodeError(
+                f"extension type (first byte {first:#x}) is not allowed", reason="ext"
+            )
+        else:
+            raise DecodeError(f"invalid msgpack first byte {first:#x}", reason="malformed")
+        # A container: depth, then its items charged up front.
+        if len(stack) >= max_depth:
+            raise DecodeError(f"nesting deeper than {max_depth}", reason="depth")
+        items = 2 * count if is_map else count
+        objects += items
+        cost += (_DICT + _DICT_PAIR * count if is_map else _LIST) + _SLOT * items
+        if objects > max_objects:
+            raise _over_budget("objects", max_objects, "decode_objects")
+        if cost > max_cost:
+            raise _over_budget(
+                f"bytes of decoded objects ({limits.max_expansion}x its size)",
+                max_cost,
+                "decode_expansion",
+            )
+        if items:
+            push((left, keys))
+            left, keys = items, is_map
+    if cost > max_cost:
+        raise _over_budget(
+            f"bytes of decoded objects ({limits.max_expansion}x its size)",
+            max_cost,
+            "decode_expansion",
+        )
+
+
 def _check_byte_view(view: memoryview) -> None:
     # len() of a memoryview counts items, not bytes, so the size limit would be off by the item
     # size, and msgpack refuses multi-byte items with a BufferError that must not escape.
@@ -125,7 +307,7 @@ def _check_byte_view(view: memoryview) -> None:
 
 def decode(
     data: bytes | bytearray | memoryview,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     unique_keys: bool = True,
 ) -> Any:
@@ -140,6 +322,8 @@ def decode(
     three times faster.
 
     Raises:
+        TooLargeError: over the whole-message budget (``reason="decode_objects"`` or
+            ``"decode_expansion"``, see :func:`scan`).
         DecodeError: for anything else: oversize input, a container or string over its limit,
             nesting too deep, a non-``str`` map key, a repeated map key, an extension type,
             invalid UTF-8, truncated input or trailing bytes.
@@ -153,6 +337,11 @@ def decode(
         raise DecodeError(f"{size} bytes exceeds the {limits.max_size}-byte limit", reason="size")
     if size == 0:
         raise DecodeError("empty input", reason="truncated")
+    # The whole-message budget, before anything is built; the scan also checks depth and map
+    # keys, so the walk after decoding is needed only where the scan was skipped.
+    scanned = size > SCAN_ABOVE or size > limits.max_objects
+    if scanned:
+        scan(data, limits)
     try:
         obj = msgpack.unpackb(
             data,
@@ -180,7 +369,8 @@ def decode(
         # msgpack reports truncation, bad formats, over-limit lengths and bad UTF-8 as ValueError
         # subclasses (UnicodeDecodeError, FormatError, OutOfData...).
         raise DecodeError(f"malformed msgpack: {exc}", reason="malformed") from exc
-    check_structure(obj, limits.max_depth)
+    if not scanned:
+        check_structure(obj, limits.max_depth)
     return obj
 
 
@@ -212,7 +402,7 @@ def _read_fields(
 def decode_fields(
     data: bytes | bytearray | memoryview,
     fields: frozenset[str],
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """Decode only ``fields`` of a top-level msgpack map; every other value is skipped unbuilt.
 
@@ -223,6 +413,8 @@ def decode_fields(
     is simply absent from the result.
 
     Raises:
+        TooLargeError: the whole message is over its budget (see :func:`scan`), whichever
+            fields are wanted.
         DecodeError: the bytes are not one msgpack map within ``limits``, or a wanted value
             does not decode.
     """
@@ -233,6 +425,9 @@ def decode_fields(
     size = len(data)
     if size > limits.max_size:
         raise DecodeError(f"{size} bytes exceeds the {limits.max_size}-byte limit", reason="size")
+    if size > SCAN_ABOVE or size > limits.max_objects:
+        # The whole message, skipped fields included: it is decoded in full once verified.
+        scan(data, limits)
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=True,

@@ -65,7 +65,7 @@ from .authority import (
     check_fleet_id,
     check_key_id,
 )
-from .codec import DEFAULT_LIMITS, Limits, decode, encode, encode_canonical
+from .codec import DEFAULT_LIMITS, DecodeLimits, decode, encode, encode_canonical
 from .errors import (
     DecodeError,
     ForeignFleetError,
@@ -77,7 +77,8 @@ from .errors import (
     UnsupportedVersionError,
     UntrustedKeyError,
 )
-from .hlc import Timestamp
+from .hlc import Timestamp, remote_logical_error
+from .limits import DEFAULT_LIMITS as BUDGETS
 from .scope import Scope
 
 __all__ = [
@@ -132,6 +133,8 @@ def _malformed(message: str, reason: str) -> MalformedEnvelopeError:
 
 
 def _as_malformed(exc: DecodeError | InvalidScopeError) -> NoReturn:
+    if isinstance(exc, TooLargeError):
+        raise exc  # over a budget: the caller sees the budget's name, not a shape error
     raise MalformedEnvelopeError(str(exc), reason=exc.reason or "malformed") from exc
 
 
@@ -216,7 +219,7 @@ class EnvelopeHeader:
         return encode_canonical(self.to_map())
 
     @classmethod
-    def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> EnvelopeHeader:
+    def decode(cls, data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> EnvelopeHeader:
         """Decode header bytes strictly: exact keys, exact types, canonical encoding.
 
         Raises:
@@ -459,7 +462,7 @@ class VerifiedEnvelope:
         )
 
 
-def _decode_outer(data: object, limits: Limits) -> tuple[bytes, bytes, bytes, bytes]:
+def _decode_outer(data: object, limits: DecodeLimits) -> tuple[bytes, bytes, bytes, bytes]:
     """Size, outer array, version, algorithm, canonical form; return the four byte fields.
 
     Returns:
@@ -500,7 +503,7 @@ def _decode_outer(data: object, limits: Limits) -> tuple[bytes, bytes, bytes, by
 
 
 def read_header(
-    data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS
+    data: bytes | bytearray | memoryview, *, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> EnvelopeHeader:
     """Decode an envelope's header WITHOUT verifying anything but its shape.
 
@@ -520,8 +523,9 @@ def open_envelope(
     *,
     physical_now: int,
     max_offset: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     admit: Callable[[EnvelopeHeader], None] | None = None,
+    max_logical: int = BUDGETS.max_remote_logical,
 ) -> VerifiedEnvelope:
     """Verify an envelope received from anyone; the only way to get a :class:`VerifiedEnvelope`.
 
@@ -534,6 +538,9 @@ def open_envelope(
         admit: Called with the decoded header before any signature is verified; raises to
             refuse it (a receiver's budgets: a full one refuses without paying for a
             verification).
+        max_logical: Highest logical counter the envelope's HLC may carry
+            (:attr:`~souverix_crdt.limits.Limits.max_remote_logical`); above it the envelope is
+            refused with ``TooLargeError(reason="max_remote_logical")``.
 
     Raises:
         TooLargeError: over the size limit (or raised by ``admit``).
@@ -560,6 +567,7 @@ def open_envelope(
         max_offset=max_offset,
         limits=limits,
         admit=admit,
+        max_logical=max_logical,
     )
     return VerifiedEnvelope(
         _TOKEN, id=identifier, data=raw, header=header, payload=payload, grant=grant
@@ -572,9 +580,10 @@ def verify_signed(
     *,
     physical_now: int,
     max_offset: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     domain: bytes = ENVELOPE_DOMAIN,
     admit: Callable[[EnvelopeHeader], None] | None = None,
+    max_logical: int = BUDGETS.max_remote_logical,
 ) -> tuple[bytes, EnvelopeHeader, bytes, bytes, Grant]:
     """Every check of :func:`open_envelope`, for any object in the envelope format.
 
@@ -623,6 +632,11 @@ def verify_signed(
     # Verify over the exact bytes received (never a re-encoding), and before the payload is used.
     leaf.subject.verify(signature, message)
     identifier = envelope_id(raw)
+    # A logical counter no honest clock issues (they tick their wall instead) would leave the
+    # receiver's clock no room to count: refused for good, not quarantined, since waiting never
+    # makes it valid. Checked here, before anything of the envelope is applied or held.
+    if header.hlc.logical > max_logical:
+        raise remote_logical_error(header.hlc, max_logical, scope=scope, writer=header.writer)
     # Validity is judged at the envelope's own HLC, so every replica reaches the same verdict
     # whenever it receives the envelope, and a far-future one is judged before it is quarantined.
     grant = authority.grant_for(header.writer, header.delegation, at=header.hlc)

@@ -13,8 +13,14 @@ through an injected function, so tests run on a fake one. Its rules:
   :class:`~souverix_crdt.errors.ClockSkewError` and leaves the clock untouched: a single
   far-future timestamp would otherwise win every register it touched, forever (CockroachDB's rule).
   Old timestamps are accepted: air-gapped bundles can be days old.
-* The logical counter never wraps: at :data:`MAX_LOGICAL` the clock raises
-  :class:`~souverix_crdt.errors.ClockOverflowError` rather than move time forward on its own.
+* No remote timestamp can make a local event fail. A remote logical counter above
+  ``max_logical`` (:attr:`~souverix_crdt.limits.Limits.max_remote_logical`) is refused like a
+  far-future wall time (:class:`~souverix_crdt.errors.TooLargeError`, ``reason=
+  "max_remote_logical"``, the clock untouched), and when the local counter reaches
+  ``max_logical`` the clock moves its wall component one tick (1 ms) ahead instead, logical 0:
+  still strictly increasing, and never more than ``max_offset`` plus a tick ahead of the
+  fastest honest clock, since no accepted remote timestamp leads physical time by more. The
+  counter itself never wraps; only a wall time at :data:`MAX_WALL` could overflow.
 * A persisted high-water mark keeps a restarted process monotonic: the clock starts at or after
   ``floor`` and reports every advance to ``on_advance`` so the owner can persist it.
 """
@@ -26,7 +32,8 @@ import time
 from collections.abc import Callable
 from typing import ClassVar, Final, NamedTuple
 
-from .errors import ClockOverflowError, ClockSkewError, DecodeError
+from .errors import ClockOverflowError, ClockSkewError, DecodeError, TooLargeError
+from .limits import DEFAULT_LIMITS
 
 __all__ = [
     "DEFAULT_MAX_OFFSET_MS",
@@ -132,9 +139,12 @@ class Clock:
         max_offset: Milliseconds a remote timestamp may lead the local physical clock.
         floor: A persisted high-water mark; every timestamp issued is greater than it.
         on_advance: Called with each new timestamp, so the owner can persist the high-water mark.
+        max_logical: Highest logical counter accepted from a remote timestamp, and the one at
+            which the local clock moves its wall component a tick ahead instead of counting on
+            (the same bound, so what this clock issues every peer accepts).
     """
 
-    __slots__ = ("_last", "_on_advance", "_wall_clock", "max_offset")
+    __slots__ = ("_last", "_on_advance", "_wall_clock", "max_logical", "max_offset")
 
     def __init__(
         self,
@@ -143,11 +153,15 @@ class Clock:
         max_offset: int = DEFAULT_MAX_OFFSET_MS,
         floor: Timestamp = Timestamp.ZERO,
         on_advance: Callable[[Timestamp], None] | None = None,
+        max_logical: int = DEFAULT_LIMITS.max_remote_logical,
     ) -> None:
         if max_offset < 0:
             raise ValueError("max_offset must be >= 0")
+        if type(max_logical) is not int or not 0 < max_logical <= MAX_LOGICAL:
+            raise ValueError(f"max_logical must be in [1, {MAX_LOGICAL}], got {max_logical!r}")
         self._wall_clock = wall_clock
         self.max_offset = max_offset
+        self.max_logical = max_logical
         self._last = floor
         self._on_advance = on_advance
 
@@ -163,25 +177,37 @@ class Clock:
     def now(self) -> Timestamp:
         """Issue a timestamp for a local or send event, strictly greater than every earlier one.
 
+        Never fails because of anything a peer sent: at ``max_logical`` the wall component
+        moves one tick ahead instead.
+
         Raises:
-            ClockOverflowError: if the wall clock stands still (or went back) and the logical
-                counter is at its bound; the clock is unchanged.
+            ClockOverflowError: only if the wall component is at :data:`MAX_WALL`.
         """
         physical = self._wall_clock()
         last = self._last
         if physical > last.wall:
             stamp = Timestamp(physical, 0)
         else:
-            stamp = Timestamp(last.wall, self._next_logical(last.logical))
+            stamp = self._next(last.wall, last.logical)
         self._advance(stamp)
         return stamp
 
     def check(self, remote: Timestamp, *, physical: int | None = None) -> None:
         """Raise if ``remote`` is further ahead of local physical time than ``max_offset``.
 
+        Also refuses a logical counter above ``max_logical``: inside ``max_offset`` such a
+        timestamp would otherwise leave this clock with no room to count.
+
         Raises:
             ClockSkewError: if ``remote.wall - physical > max_offset``. The clock is unchanged.
+            TooLargeError: ``reason="max_remote_logical"`` if ``remote.logical`` is above
+                ``max_logical``. The clock is unchanged.
         """
+        if remote.logical > self.max_logical:
+            raise remote_logical_error(remote, self.max_logical)
+        self._check_skew(remote, physical)
+
+    def _check_skew(self, remote: Timestamp, physical: int | None) -> None:
         local = self._wall_clock() if physical is None else physical
         if remote.wall - local > self.max_offset:
             raise ClockSkewError(
@@ -194,22 +220,22 @@ class Clock:
         Raises:
             ClockSkewError: if ``remote`` is more than ``max_offset`` ahead of physical time.
                 The clock does not move.
-            ClockOverflowError: if the logical counter would pass its bound. The clock does not
-                move.
+            TooLargeError: ``reason="max_remote_logical"``, as :meth:`check`. The clock does
+                not move.
+            ClockOverflowError: only if the wall component is at :data:`MAX_WALL`.
         """
         physical = self._wall_clock()
         self.check(remote, physical=physical)
         last = self._last
         wall = max(last.wall, remote.wall, physical)
         if wall == last.wall and wall == remote.wall:
-            logical = self._next_logical(max(last.logical, remote.logical))
+            stamp = self._next(wall, max(last.logical, remote.logical))
         elif wall == last.wall:
-            logical = self._next_logical(last.logical)
+            stamp = self._next(wall, last.logical)
         elif wall == remote.wall:
-            logical = self._next_logical(remote.logical)
+            stamp = self._next(wall, remote.logical)
         else:
-            logical = 0
-        stamp = Timestamp(wall, logical)
+            stamp = Timestamp(wall, 0)
         self._advance(stamp)
         return stamp
 
@@ -219,10 +245,13 @@ class Clock:
         Used when applying already-ordered data (a writer's own log on restart): it guarantees
         later timestamps exceed ``remote`` without spending a logical tick.
 
+        Any logical counter is taken (the data was verified before, and a counter at or above
+        ``max_logical`` only makes the next local event tick the wall).
+
         Raises:
             ClockSkewError: as :meth:`update`.
         """
-        self.check(remote)
+        self._check_skew(remote, None)
         if remote > self._last:
             self._advance(remote)
 
@@ -236,16 +265,24 @@ class Clock:
         if self._on_advance is not None:
             self._on_advance(stamp)
 
-    @staticmethod
-    def _next_logical(logical: int) -> int:
-        if logical >= MAX_LOGICAL:
-            raise ClockOverflowError(
-                "logical counter at its bound; the wall clock must advance first",
-                reason="logical-overflow",
-            )
-        return logical + 1
+    def _next(self, wall: int, logical: int) -> Timestamp:
+        """The timestamp right after ``(wall, logical)``: a wall tick once counting is full."""
+        if logical < self.max_logical:
+            return Timestamp(wall, logical + 1)
+        if wall >= MAX_WALL:
+            raise ClockOverflowError("wall time at its bound", reason="wall-overflow")
+        return Timestamp(wall + 1, 0)
 
     def _advance(self, stamp: Timestamp) -> None:
         self._last = stamp
         if self._on_advance is not None:
             self._on_advance(stamp)
+
+
+def remote_logical_error(remote: Timestamp, max_logical: int, **context: str) -> TooLargeError:
+    """The error for a remote timestamp whose logical counter is above ``max_logical``."""
+    return TooLargeError(
+        f"remote timestamp {remote} has a logical counter above {max_logical}",
+        reason="max_remote_logical",
+        **context,
+    )

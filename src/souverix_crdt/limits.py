@@ -55,6 +55,9 @@ class Limits:
     Attributes:
         decode_objects: Most msgpack objects (scalars and containers) in one message.
         decode_depth: Deepest container nesting in one message.
+        decode_expansion: Most memory the objects decoded from one message may take, as a
+            multiple of the message's size (estimated from its structure before anything is
+            built), so a message of small containers cannot cost a hundred times its size.
         max_frame: Largest sync frame a transport accepts, in bytes.
         max_envelope: Largest signed envelope, in bytes.
         max_bundle_record: Largest record of a bundle or receipt file, in bytes.
@@ -79,6 +82,7 @@ class Limits:
 
     decode_objects: int = _count(1_000_000)
     decode_depth: int = _count(32)
+    decode_expansion: int = _count(6)
     max_frame: int = _count(16 * _MIB)
     max_envelope: int = _count(8 * _MIB)
     max_bundle_record: int = _count(16 * _MIB)

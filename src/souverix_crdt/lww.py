@@ -27,7 +27,7 @@ from typing import Any, Final
 import attrs
 import msgpack
 
-from .codec import SCALAR_TYPES, Limits, check_structure, decode, reject_ext
+from .codec import SCALAR_TYPES, DecodeLimits, check_structure, decode, reject_ext
 from .errors import DecodeError, InvalidValueError
 from .hlc import MAX_LOGICAL, MAX_WALL, Timestamp
 
@@ -51,9 +51,15 @@ __all__ = [
 #: Format tag written first in every encoded register.
 REGISTER_FORMAT: Final = 1
 
-#: Registers are small; anything bigger than this is not one of ours.
-REGISTER_LIMITS: Final = Limits(
+#: Registers are small; anything bigger than this is not one of ours. A register holds a
+#: user's value, which may legitimately be dense (a list of small ints costs 8x its size once
+#: decoded), and the writer's own write path must accept exactly what every reader accepts:
+#: so its whole-message budget is its size alone (a register cannot hold more objects than
+#: bytes, nor cost more than about 200 bytes per byte), never a ratio a writer cannot see.
+REGISTER_LIMITS: Final = DecodeLimits(
     max_size=1024 * 1024,
+    max_objects=1024 * 1024,
+    max_expansion=256,
     max_depth=24,
     max_str_len=1024 * 1024,
     max_bin_len=1024 * 1024,

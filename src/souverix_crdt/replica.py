@@ -108,7 +108,7 @@ from .errors import (
     UnknownDelegationError,
 )
 from .handles import ScopeHandle, Transaction, change_stream
-from .hlc import DEFAULT_MAX_OFFSET_MS, Clock, Timestamp, system_wall_clock
+from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_LOGICAL, Clock, Timestamp, system_wall_clock
 from .limits import DEFAULT_LIMITS, Limits
 from .lww import Strategy
 from .naming import plane_name
@@ -643,6 +643,7 @@ class Replica:
                 self.authority,
                 physical_now=max(self.clock.physical(), stored.hlc.wall),
                 max_offset=self.clock.max_offset,
+                max_logical=MAX_LOGICAL,  # accepted once already: a tighter bound since is moot
             )
         except SouverixError:
             return False  # revoked since, or no longer verifiable: it stops counting here
@@ -1069,6 +1070,7 @@ class Replica:
                 physical_now=self.clock.physical(),
                 max_offset=self.clock.max_offset,
                 admit=self._admit_header,
+                max_logical=self.clock.max_logical,
             )
         except QuarantinedError as exc:
             return self._quarantine_envelope(data, exc, batch)
@@ -1267,6 +1269,7 @@ class Replica:
                     self.authority,
                     physical_now=self.clock.physical(),
                     max_offset=self.clock.max_offset,
+                    max_logical=self.clock.max_logical,
                 )
             except SouverixError:
                 break
@@ -1571,6 +1574,7 @@ class Replica:
                 self.authority,
                 physical_now=self.clock.physical(),
                 max_offset=self.clock.max_offset,
+                max_logical=self.clock.max_logical,
             )
         except SouverixError as exc:
             return IngestResult(IngestOutcome.REJECTED, error=exc)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from souverix_crdt.codec import Limits, decode
+from souverix_crdt.codec import DecodeLimits, decode
 from souverix_crdt.errors import (
     DecodeError,
     InvalidScopeError,
@@ -176,7 +176,7 @@ def _check_scope(value: object, *, what: str = "scope") -> Scope:
         raise _malformed(f"{what}: {exc}", what) from exc
 
 
-def _decode_untrusted(data: object, limits: Limits, max_size: int) -> Any:
+def _decode_untrusted(data: object, limits: DecodeLimits, max_size: int) -> Any:
     """Decode with the codec; oversize is ``TooLargeError``, anything else malformed."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise _malformed(f"expected bytes, got {type(data).__name__}", "type")
@@ -185,6 +185,8 @@ def _decode_untrusted(data: object, limits: Limits, max_size: int) -> Any:
         raise TooLargeError(f"{size} bytes exceeds the {max_size}-byte limit", reason="size")
     try:
         return decode(data, limits)
+    except TooLargeError:
+        raise  # over the whole-message budget: its name is the reason
     except DecodeError as exc:
         if exc.reason == "size":
             raise TooLargeError(str(exc), reason="size") from exc

@@ -8,7 +8,7 @@ from typing import Final
 
 import attrs
 
-from souverix_crdt.codec import DEFAULT_LIMITS, Limits, encode, encode_canonical
+from souverix_crdt.codec import DEFAULT_LIMITS, DecodeLimits, encode, encode_canonical
 from souverix_crdt.errors import (
     TooLargeError,
 )
@@ -245,7 +245,7 @@ class Delegation:
 
     @classmethod
     def decode(
-        cls, data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+        cls, data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
     ) -> Delegation:
         """Decode untrusted bytes (strict schema, canonical encoding); no signature check.
 

@@ -10,7 +10,7 @@ from typing import Final
 
 import attrs
 
-from souverix_crdt.codec import DEFAULT_LIMITS, Limits, encode_canonical
+from souverix_crdt.codec import DEFAULT_LIMITS, DecodeLimits, encode_canonical
 from souverix_crdt.errors import (
     TooLargeError,
 )
@@ -206,7 +206,7 @@ class Revocation:
 
     @classmethod
     def decode(
-        cls, data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+        cls, data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
     ) -> Revocation:
         """Decode untrusted bytes (strict schema, canonical encoding); no signature check.
 

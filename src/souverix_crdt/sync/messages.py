@@ -15,15 +15,18 @@ with the amount of state or the size of the fleet.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
+import msgpack
 
-from souverix_crdt.codec import Limits, decode, encode
-from souverix_crdt.errors import DecodeError, RemoteProtocolError
+from souverix_crdt.codec import DecodeLimits, decode, decoded_bytes_cost, encode, reject_ext
+from souverix_crdt.errors import DecodeError, RemoteProtocolError, TooLargeError
+from souverix_crdt.limits import DEFAULT_LIMITS
 
 __all__ = [
     "MESSAGE_LIMITS",
@@ -51,9 +54,11 @@ NONCE_SIZE: Final = 32
 #: Bytes of an Ed25519 signature (a proof).
 SIGNATURE_SIZE: Final = 64
 
-#: Limits for decoding a frame: envelopes are bounded by the batch size and their own limits.
-MESSAGE_LIMITS: Final = Limits(
-    max_size=32 * 1024 * 1024,
+#: Limits for decoding a frame: one frame is at most ``max_frame`` bytes, and the whole-message
+#: budget (``decode_objects``, ``decode_expansion``) holds across all of it; envelopes inside are
+#: bounded again by their own limits when they are opened.
+MESSAGE_LIMITS: Final = DecodeLimits(
+    max_size=DEFAULT_LIMITS.max_frame,
     max_depth=6,
     max_str_len=4096,
     max_bin_len=16 * 1024 * 1024,
@@ -227,6 +232,25 @@ def encode_message(message: Message) -> bytes:
 
 #: Batches smaller than this are sent as they are: compressing them gains nothing.
 COMPRESS_ABOVE: Final = 1024
+#: Memory the envelopes of any compressed batch may take once inflated, whatever its size.
+INFLATE_FREELY: Final = 64 * 1024
+#: Bytes inflated at a time: a compressed batch is inflated and decoded piece by piece, so its
+#: plain form is never held whole beside the envelopes decoded from it.
+INFLATE_CHUNK: Final = 64 * 1024
+
+
+def inflation_budget(compressed: int, expansion: int = DEFAULT_LIMITS.decode_expansion) -> int:
+    """Memory the envelopes of a compressed batch of ``compressed`` bytes may take, decoded.
+
+    The whole-message budget of the frame that carries it (``decode_expansion`` times its
+    size), or :data:`INFLATE_FREELY`, whichever is larger: a deflate bomb costs no more than
+    any other frame of its size. A sender whose batch would exceed it sends the batch plain.
+    """
+    return max(INFLATE_FREELY, expansion * compressed)
+
+
+def _batch_cost(items: Iterable[bytes]) -> int:
+    return sum(decoded_bytes_cost(len(item)) for item in items)
 
 
 def _envelopes_body(items: tuple[bytes, ...]) -> dict[str, Any]:
@@ -235,34 +259,85 @@ def _envelopes_body(items: tuple[bytes, ...]) -> dict[str, Any]:
     plain = encode(list(items))
     if len(plain) > COMPRESS_ABOVE:
         packed = zlib.compress(plain, 6)
-        if len(packed) < len(plain) * 9 // 10:
+        if len(packed) < len(plain) * 9 // 10 and _batch_cost(items) <= inflation_budget(
+            len(packed)
+        ):
             return {"items": [], "z": packed}
     return {"items": list(items), "z": b""}
 
 
-def _inflate(data: bytes, limits: Limits) -> list[Any]:
+def _inflate(data: bytes, limits: DecodeLimits) -> list[bytes]:  # noqa: PLR0912 - one bounded loop
+    """Inflate and decode a compressed batch piece by piece, within the frame's budget.
+
+    Checked while inflating, never after: the plain bytes never exceed a frame, the envelopes
+    decoded from them never exceed :func:`inflation_budget` of the compressed size, and no
+    more than :data:`INFLATE_CHUNK` plain bytes wait undecoded at any time.
+    """
+    budget = inflation_budget(len(data), limits.max_expansion)
     inflater = zlib.decompressobj()
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        max_buffer_size=limits.max_size,
+        # Items are bytes: any other container is refused at its header, never built (the
+        # batch's own array header is read by read_array_header, which these do not bound).
+        max_str_len=0,
+        max_bin_len=limits.max_bin_len,
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+        ext_hook=reject_ext,
+    )
+    items: list[bytes] = []
+    count: int | None = None
+    plain = cost = 0
+    pending = data
     try:
-        plain = inflater.decompress(data, limits.max_size + 1)
+        while True:
+            chunk = inflater.decompress(pending, INFLATE_CHUNK)
+            pending = inflater.unconsumed_tail
+            plain += len(chunk)
+            if plain > limits.max_size:
+                raise _fail("compressed batch inflates past a frame", "max_frame")
+            unpacker.feed(chunk)
+            with contextlib.suppress(msgpack.OutOfData):
+                if count is None:
+                    count = unpacker.read_array_header()
+                    if count > limits.max_objects or count > limits.max_array_len:
+                        raise _fail("compressed batch holds too many items", "decode_objects")
+                while len(items) < count:
+                    item = unpacker.unpack()
+                    if type(item) is not bytes:
+                        raise _fail("a batch item must be bytes", "schema")
+                    cost += decoded_bytes_cost(len(item))
+                    if cost > budget:
+                        raise _fail(
+                            f"compressed batch decodes past {budget} bytes "
+                            f"({limits.max_expansion}x its size)",
+                            "decode_expansion",
+                        )
+                    items.append(item)
+            if not chunk and not pending:
+                break
     except zlib.error as exc:
         raise _fail(f"compressed batch does not inflate: {exc}", "malformed") from exc
-    # Checked while inflating, never after: a small frame must not become a huge allocation.
-    if len(plain) > limits.max_size or inflater.unconsumed_tail or not inflater.eof:
-        raise _fail("compressed batch is truncated or inflates past the limit", "too-large")
-    try:
-        items = decode(plain, limits)
-    except DecodeError as exc:
+    except (ValueError, TypeError, OverflowError, MemoryError, msgpack.StackError) as exc:
+        if isinstance(exc, RemoteProtocolError):
+            raise
         raise _fail(f"compressed batch does not decode: {exc}", "malformed") from exc
-    return _list(items, "items")
+    if not inflater.eof or inflater.unused_data or count is None or len(items) != count:
+        raise _fail("compressed batch is truncated or has trailing bytes", "malformed")
+    if unpacker.tell() != plain:
+        raise _fail("compressed batch has trailing bytes", "malformed")
+    return items
 
 
-def _envelopes(body: Mapping[str, Any]) -> Envelopes:
+def _envelopes(body: Mapping[str, Any], limits: DecodeLimits = MESSAGE_LIMITS) -> Envelopes:
     items = _list(body["items"], "items")
     packed = _bytes(body["z"], "z")
     if packed:
         if items:
             raise _fail("a batch is either plain or compressed", "schema")
-        items = _inflate(packed, MESSAGE_LIMITS)
+        items = _inflate(packed, limits)
     return Envelopes(tuple(_bytes(i, "envelope") for i in items))
 
 
@@ -369,17 +444,23 @@ _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]],
 }
 
 
-def decode_message(frame: bytes, limits: Limits = MESSAGE_LIMITS) -> Message:
+def decode_message(frame: bytes, limits: DecodeLimits = MESSAGE_LIMITS) -> Message:
     """Decode one frame from a peer.
 
     Raises:
-        RemoteProtocolError: ``reason="version"`` for another protocol version,
+        RemoteProtocolError: ``reason="max_frame"``, ``"decode_objects"`` or
+            ``"decode_expansion"`` for a frame over its budget (a compressed batch included),
+            ``reason="version"`` for another protocol version,
             ``reason="unknown-message"`` for a type this version does not know, and
             ``reason="malformed"`` or ``"schema"`` for anything else that is wrong.
     """
     try:
         obj = decode(frame, limits)
+    except TooLargeError as exc:
+        raise _fail(f"frame is over its budget: {exc}", exc.reason or "too-large") from exc
     except DecodeError as exc:
+        if exc.reason == "size":
+            raise _fail(f"frame is over its budget: {exc}", "max_frame") from exc
         raise _fail(f"frame does not decode: {exc}", "malformed") from exc
     if type(obj) is not list or len(obj) != 3:
         raise _fail("a frame is [version, type, body]", "malformed")
@@ -392,4 +473,6 @@ def decode_message(frame: bytes, limits: Limits = MESSAGE_LIMITS) -> Message:
     keys, build = schema
     if type(body) is not dict or set(body) != keys:
         raise _fail(f"{kind} body must have exactly the fields {sorted(keys)}", "schema")
+    if kind == MessageType.ENVELOPES.value:
+        return _envelopes(body, limits)  # a compressed batch inflates under the frame's limits
     return build(body)

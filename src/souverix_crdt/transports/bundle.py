@@ -95,7 +95,7 @@ from typing import IO, Any, Final, TypeAlias
 import attrs
 
 from souverix_crdt.authority import Delegation, Grant, verify_chain
-from souverix_crdt.codec import Limits, decode, decode_fields, encode, encode_canonical
+from souverix_crdt.codec import DecodeLimits, decode, decode_fields, encode, encode_canonical
 from souverix_crdt.envelope import read_header
 from souverix_crdt.errors import (
     AuthorityError,
@@ -108,6 +108,7 @@ from souverix_crdt.errors import (
     TransportClosedError,
 )
 from souverix_crdt.hlc import Timestamp
+from souverix_crdt.limits import DEFAULT_LIMITS
 from souverix_crdt.replica import IngestOutcome, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import Batch
@@ -152,7 +153,7 @@ BUNDLE_DOMAIN: Final = b"souverix-crdt/bundle-manifest/v1\x00"
 #: Prefix of the signed receipt body.
 RECEIPT_DOMAIN: Final = b"souverix-crdt/bundle-receipt/v1\x00"
 #: Largest record (kind byte included) read or written; checked before allocating it.
-DEFAULT_MAX_RECORD: Final = 64 * 1024 * 1024
+DEFAULT_MAX_RECORD: Final = DEFAULT_LIMITS.max_manifest
 #: Envelopes per :meth:`~souverix_crdt.replica.Replica.ingest_many` call on import.
 DEFAULT_BATCH_SIZE: Final = 100
 
@@ -521,8 +522,8 @@ def read_records(
 # --------------------------------------------------------------------------- signed bodies
 
 
-def _limits(max_record: int) -> Limits:
-    return Limits(
+def _limits(max_record: int) -> DecodeLimits:
+    return DecodeLimits(
         max_size=max_record,
         max_depth=4,
         max_str_len=4096,
