@@ -637,7 +637,9 @@ class SyncSession:
         if replica.authority_version != version and self.state is SessionState.OPEN:
             # We learned something: tell the peer where our shared authority now stands, so it
             # knows whether we still lack anything (a session is not caught up until we don't).
-            self._send_frontiers()
+            # Items with only a digest, not frontiers: frontiers would make the peer resend
+            # what it has in flight.
+            self._queue(encode_message(AuthorityItems(digest=self._shared_authority()[0])))
 
     # ------------------------------------------------------------------ forks
 

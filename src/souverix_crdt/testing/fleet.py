@@ -35,9 +35,11 @@ from souverix_crdt.authority import (
     PublicKey,
     SigningKey,
     TrustAnchors,
+    check_plane_name,
     issue_delegation,
 )
 from souverix_crdt.envelope import SealedEnvelope, seal
+from souverix_crdt.errors import SouverixError
 from souverix_crdt.hlc import Timestamp
 from souverix_crdt.scope import Autonomy, Scope, Tier
 
@@ -269,6 +271,9 @@ class Fleet:
             not_after=not_after,
             parent=parent_chain[-1] if parent_chain else None,
             serial=serial,
+            # Named as the member, like a real fleet's planes (whose names are unique where
+            # scopes' last segments need not be); a name that is no plane name stays unnamed.
+            name=name if _is_plane_name(name) else "",
         )
         member = Member(name, subject_key, (*parent_chain, delegation), self.fleet_id)
         self.members[name] = member
@@ -287,6 +292,14 @@ class Fleet:
             for link in self.members[name].chain:
                 authority.add_delegation(link)
         return authority
+
+
+def _is_plane_name(name: str) -> bool:
+    try:
+        check_plane_name(name)
+    except SouverixError:
+        return False
+    return True
 
 
 def make_fleet(
