@@ -315,3 +315,31 @@ def test_what_an_equivocation_cut_is_not_offered_to_a_newcomer() -> None:
     link = cluster.links[("global", "region-a")]
     assert link.a_session.envelopes_received == 2
     assert cluster.digests()["global"] == cluster.digests()["region-a"]
+
+
+def test_an_envelope_set_aside_for_now_is_offered_again_after_a_tick_not_at_once() -> None:
+    cluster = Cluster(FLEET, ["global", "region-a"])
+    region = cluster["region-a"]
+    region.scope("global/region-a").policies.set("k", 1)
+    sender, receiver = SyncSession(region), SyncSession(cluster["global"])
+    sender.start()
+    receiver.start()
+
+    def exchange(defer: bool) -> None:
+        for _ in range(20):
+            for frame in sender.data_to_send():
+                receiver.receive(frame)
+            for frame in receiver.data_to_send():
+                message = decode_message(frame)
+                if defer and isinstance(message, Ack) and message.frontiers:
+                    row = message.frontiers[0]
+                    behind = FrontierRow(row.scope, row.writer, 0, b"")
+                    frame = encode_message(Ack((behind,), (), (row,)))  # noqa: PLW2901
+                sender.receive(frame)
+
+    exchange(defer=True)
+    assert sender.envelopes_sent == 1  # set aside by the peer: not resent in a loop
+    sender.tick()
+    exchange(defer=False)
+    assert sender.envelopes_sent == 2  # after the tick, once more; now it is taken
+    assert cluster["global"].get("global/region-a", "policies", "k") == 1

@@ -80,8 +80,14 @@ _REASONS: Final[tuple[tuple[type[SouverixError], str], ...]] = (
 )
 
 
+# TooLargeError reasons that are about the envelope's bytes, not about what a replica holds.
+_INTRINSIC_SIZE: Final = frozenset(
+    {"size", "max_envelope", "decode_objects", "decode_expansion", "depth"}
+)
 #: Every reason the record uses.
-REASONS: Final = tuple(dict.fromkeys([*(reason for _, reason in _REASONS), "too-large"]))
+REASONS: Final = tuple(
+    dict.fromkeys([*(reason for _, reason in _REASONS), "too-large", "clock"])
+)
 
 
 def refusal_reason(error: SouverixError | None) -> str | None:
@@ -92,8 +98,11 @@ def refusal_reason(error: SouverixError | None) -> str | None:
     if error is None or isinstance(error, _CHANGING):
         return None
     if isinstance(error, TooLargeError):
-        # An envelope too large is too large everywhere; a full budget is about this replica.
-        return "too-large" if error.reason == "size" else None
+        # What the envelope itself is (too big, too costly to decode, a logical counter no
+        # clock issues) is so everywhere and for ever; a full budget is about this replica now.
+        if error.reason == "max_remote_logical":
+            return "clock"
+        return "too-large" if error.reason in _INTRINSIC_SIZE else None
     for kind, reason in _REASONS:
         if isinstance(error, kind):
             return reason

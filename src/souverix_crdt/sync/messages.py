@@ -150,10 +150,13 @@ class Ack:
         refused: Envelopes of the batch the sender refused for a reason that cannot change
             (``[scope, chain, seq, envelope id]``): the peer never sends them, nor anything
             after them on that chain, again on this session.
+        deferred: Envelopes it refused or set aside for now (a full budget, a far-future
+            timestamp): the peer offers them again after its next tick, not at once.
     """
 
     frontiers: tuple[FrontierRow, ...]
     refused: tuple[FrontierRow, ...] = ()
+    deferred: tuple[FrontierRow, ...] = ()
 
 
 @attrs.frozen
@@ -214,7 +217,11 @@ def encode_message(message: Message) -> bytes:
         kind, body = MessageType.ENVELOPES, _envelopes_body(message.items)
     elif isinstance(message, Ack):
         kind = MessageType.ACK
-        body = {"frontiers": _rows(message.frontiers), "refused": _rows(message.refused)}
+        body = {
+            "frontiers": _rows(message.frontiers),
+            "refused": _rows(message.refused),
+            "deferred": _rows(message.deferred),
+        }
     elif isinstance(message, AuthorityItems):
         kind = MessageType.AUTHORITY
         body = {
@@ -429,8 +436,10 @@ _SCHEMAS: Final[Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]],
     MessageType.FRONTIERS.value: (frozenset({"frontiers", "authority"}), _frontiers_message),
     MessageType.ENVELOPES.value: (frozenset({"items", "z"}), _envelopes),
     MessageType.ACK.value: (
-        frozenset({"frontiers", "refused"}),
-        lambda b: Ack(_frontiers(b["frontiers"]), _frontiers(b["refused"])),
+        frozenset({"frontiers", "refused", "deferred"}),
+        lambda b: Ack(
+            _frontiers(b["frontiers"]), _frontiers(b["refused"]), _frontiers(b["deferred"])
+        ),
     ),
     MessageType.AUTHORITY.value: (
         frozenset({"delegations", "revocations", "proofs", "digest"}),

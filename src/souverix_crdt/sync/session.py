@@ -207,6 +207,11 @@ TRANSITIONS: Final[dict[tuple[SessionState, type], Handler]] = {
 }
 
 
+# Outcomes the peer may accept later: offered again after a tick (a budget may free up, a
+# far-future timestamp come due).
+_FOR_NOW: Final = frozenset({IngestOutcome.REJECTED, IngestOutcome.QUARANTINED})
+
+
 def _lasting(result: IngestResult) -> bool:
     """True if the peer refused an envelope for a reason no resend can change."""
     if result.outcome is IngestOutcome.EQUIVOCATION:
@@ -288,8 +293,10 @@ class SyncSession:
         self._peer_items: set[bytes] = set()
         # The peer's shared authority digest, as its last frontiers said.
         self._peer_authority: bytes | None = None
-        # Per chain, the lowest seq the peer refused for good on this session.
+        # Per chain, the lowest seq the peer refused for good on this session, or for now
+        # (until the next tick).
         self._refused: dict[tuple[str, str], int] = {}
+        self._deferred: dict[tuple[str, str], int] = {}
         # Envelopes shown to the peer since the last tick, to find where a fork begins.
         self._probed: set[tuple[str, str, int]] = set()
         # Forks found on this session and not settled here yet: chain → [seq shown, ticks].
@@ -361,6 +368,7 @@ class SyncSession:
         self._in_flight = False
         self._sent_upto = dict(self._peer_seq)
         self._probed.clear()  # a probe may have been lost: show it again if still needed
+        self._deferred.clear()  # what the peer set aside may fit now
         self._send_frontiers()
         self._probe_forks()
         self._fill()
@@ -524,6 +532,7 @@ class SyncSession:
         self._peer_items.clear()
         self._peer_authority = None
         self._refused.clear()
+        self._deferred.clear()
         self._probed.clear()
         self._forks.clear()
         self.early_frontiers = None
@@ -559,6 +568,7 @@ class SyncSession:
         self.envelopes_received += len(message.items)
         touched = {(r.scope, r.chain) for r in results if r.chain}
         refused = []
+        deferred = []
         for data, result in zip(message.items, results, strict=True):
             if result.chain and result.outcome in _PEER_HOLDS:
                 # The peer holds what it sent us: never send it back. That includes envelopes
@@ -575,6 +585,10 @@ class SyncSession:
                     result.error, EquivocationError
                 ):
                     self._walk_back(result.scope, result.chain, result.seq, data)
+            elif result.chain and result.outcome in _FOR_NOW:
+                deferred.append(
+                    FrontierRow(result.scope, result.chain, result.seq, result.envelope_id)
+                )
         rows = []
         for scope, chain in sorted(touched):
             seq, last = replica.chain_head(scope, chain)
@@ -586,7 +600,7 @@ class SyncSession:
             # Something waits for a delegation: our frontiers carry our authority digest, and
             # the peer answers a differing one with its items.
             self._send_frontiers()
-        self._queue(encode_message(Ack(tuple(rows), tuple(refused))))
+        self._queue(encode_message(Ack(tuple(rows), tuple(refused), tuple(deferred))))
 
     def handle_checkpoint(self, message: Checkpoint) -> None:
         """Jump a chain forward to a writer's snapshot and acknowledge where it now stands."""
@@ -605,6 +619,10 @@ class SyncSession:
             # follows it on that chain (it extends what was refused).
             key = (row.scope, row.writer)
             self._refused[key] = min(row.seq, self._refused.get(key, row.seq))
+        for row in ack.deferred:
+            # Refused for now: offered again after the next tick, never in a tight loop.
+            key = (row.scope, row.writer)
+            self._deferred[key] = min(row.seq, self._deferred.get(key, row.seq))
         self._merge_frontiers(ack.frontiers, reset=False)
         for row in ack.frontiers:
             key = (row.scope, row.writer)
@@ -831,12 +849,16 @@ class SyncSession:
             return []
         lacking = []
         replica = self.replica
-        refused = self._refused
+        refused, deferred = self._refused, self._deferred
         for scope, chain, held, _ in replica.frontiers(interest):
             seq = held
             if refused:
                 # The peer refused an envelope of this chain for good: offer nothing from it.
                 stop = refused.get((scope, chain))
+                if stop is not None:
+                    seq = min(seq, stop - 1)
+            if deferred:
+                stop = deferred.get((scope, chain))
                 if stop is not None:
                     seq = min(seq, stop - 1)
             have = self._peer_seq.get((scope, chain), 0)
