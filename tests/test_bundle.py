@@ -20,6 +20,7 @@ import pytest
 from souverix_crdt.authority import issue_revocation
 from souverix_crdt.errors import BundleError
 from souverix_crdt.hlc import Timestamp
+from souverix_crdt.limits import DEFAULT_LIMITS
 from souverix_crdt.replica import Identity, IngestOutcome, IngestResult, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.testing.fleet import NOW, Fleet, make_fleet
@@ -556,3 +557,33 @@ def test_a_large_bundle_imports_into_a_real_replica(large: tuple[Replica, Path, 
     assert (result.applied, result.rejected, result.pending) == (LARGE, 0, 0)
     assert edge.digest() == region.digest()
     assert edge.chain_seq(REGION, region.chain) == LARGE
+
+
+def test_the_importer_s_limits_bound_records_and_the_manifest(
+    tmp_path: Path, region: Replica
+) -> None:
+    region.scope(EDGE).policies.set("big", "x" * 200_000)
+    export_bundle(region, tmp_path / "big.bundle", peer="edge-a1", peer_scope=EDGE)
+    data = (tmp_path / "big.bundle").read_bytes()
+    member = FLEET["edge-a1"]
+
+    def importer(**limits: int) -> Replica:
+        return Replica(
+            Identity(member.key, member.chain),
+            FLEET.anchors,
+            MemoryStore(),
+            wall_clock=lambda: NOW,
+            epoch=1,
+            limits=DEFAULT_LIMITS.evolve(**limits),
+        )
+
+    small_records = importer(max_bundle_record=64 * 1024)
+    error = rejected(small_records, data)
+    assert error.reason == "too-large"
+    assert error.record is not None
+    assert error.record > 0  # an item record: the manifest was within its own budget
+    small_manifest = importer(max_manifest=64)
+    assert rejected(small_manifest, data).record == 0
+    roomy = importer()
+    import_bundle(roomy, io.BytesIO(data))
+    assert roomy.get(EDGE, "policies", "big") == "x" * 200_000

@@ -85,9 +85,7 @@ _INTRINSIC_SIZE: Final = frozenset(
     {"size", "max_envelope", "decode_objects", "decode_expansion", "depth"}
 )
 #: Every reason the record uses.
-REASONS: Final = tuple(
-    dict.fromkeys([*(reason for _, reason in _REASONS), "too-large", "clock"])
-)
+REASONS: Final = tuple(dict.fromkeys([*(reason for _, reason in _REASONS), "too-large", "clock"]))
 
 
 def refusal_reason(error: SouverixError | None) -> str | None:

@@ -83,6 +83,7 @@ from .authority import (
 )
 from .authority import verify_chain as _verify_chain
 from .checkpoint import open_checkpoint, seal_checkpoint
+from .codec import DEFAULT_LIMITS as DEFAULT_DECODE_LIMITS
 from .codec import decode, encode, encode_canonical
 from .conflicts import ConflictRecord
 from .document import COLLECTIONS, Change, FleetState, WriteOp, check_collection
@@ -489,7 +490,6 @@ class Replica:
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.identity = identity
-        self.limits = limits
         self.anchors = anchors
         self.fleet_id = anchors.fleet_id
         self.store = store
@@ -497,6 +497,8 @@ class Replica:
         if max_pending is not None:
             limits = limits.evolve(pending_total=max_pending)
         self.limits = limits
+        # Received envelopes decode under this replica's whole-message budgets.
+        self._decode_limits = DEFAULT_DECODE_LIMITS.within(limits, max_size=limits.max_envelope)
         self.epoch = secrets.randbits(62) if epoch is None else epoch
         self.chain = chain_id(identity.key_id, self.epoch)
         self.authority = Authority(anchors)
@@ -1071,6 +1073,7 @@ class Replica:
                 max_offset=self.clock.max_offset,
                 admit=self._admit_header,
                 max_logical=self.clock.max_logical,
+                limits=self._decode_limits,
             )
         except QuarantinedError as exc:
             return self._quarantine_envelope(data, exc, batch)
@@ -1270,6 +1273,7 @@ class Replica:
                     physical_now=self.clock.physical(),
                     max_offset=self.clock.max_offset,
                     max_logical=self.clock.max_logical,
+                    limits=self._decode_limits,
                 )
             except SouverixError:
                 break

@@ -77,6 +77,7 @@ from souverix_crdt.store.base import StoredEnvelope
 
 from .handshake import sign_proof, verify_proof
 from .messages import (
+    MESSAGE_LIMITS,
     NONCE_SIZE,
     Ack,
     AuthorityItems,
@@ -250,6 +251,10 @@ class SyncSession:
             raise ValueError("batch_size must be >= 1")
         self.replica = replica
         self.batch_size = batch_size
+        # Frames decode under the replica's budgets (whole-message totals, frame size).
+        self._message_limits = MESSAGE_LIMITS.within(
+            replica.limits, max_size=replica.limits.max_frame
+        )
         self.accept = accept
         self.state = SessionState.IDLE
         #: The peer's plane name, from its verified chain; set once its proof verifies.
@@ -332,7 +337,7 @@ class SyncSession:
             return
         self._heard_since_tick = True
         try:
-            message = decode_message(frame)
+            message = decode_message(frame, self._message_limits)
         except RemoteProtocolError as exc:
             self.errors.append(exc)
             if exc.reason == "version":

@@ -432,9 +432,11 @@ class _Reader:
     anything is read for it, so a forged length costs nothing.
     """
 
-    def __init__(self, stream: IO[bytes], max_record: int) -> None:
+    def __init__(self, stream: IO[bytes], max_record: int, *, max_first: int | None = None) -> None:
         self._stream = stream
         self._max = max_record
+        # The first record (a manifest, or a receipt) has a budget of its own.
+        self._max_first = max_record if max_first is None else max_first
         start = stream.tell()
         end = stream.seek(0, os.SEEK_END)
         stream.seek(start)
@@ -468,9 +470,10 @@ class _Reader:
         length = int.from_bytes(self._read(_HEADER, "a record header"), "big")
         if length == 0:
             raise _fail("a record holds at least its kind", "malformed", record=self.index)
-        if length > self._max:
+        limit = self._max_first if self.index == 0 else self._max
+        if length > limit:
             raise _fail(
-                f"record of {length} bytes exceeds the {self._max}-byte limit",
+                f"record of {length} bytes exceeds the {limit}-byte limit",
                 "too-large",
                 record=self.index,
                 offset=start,
@@ -490,6 +493,17 @@ class _Reader:
     def __iter__(self) -> Iterator[Record]:
         while (record := self.next()) is not None:
             yield record
+
+
+def _record_budgets(replica: Replica, max_record: int | None) -> tuple[int, int]:
+    """``(largest item record, largest manifest or receipt)`` an import accepts.
+
+    The replica's :class:`~souverix_crdt.limits.Limits` (``max_bundle_record``,
+    ``max_manifest``) unless the caller gives one bound for every record.
+    """
+    if max_record is not None:
+        return max_record, max_record
+    return replica.limits.max_bundle_record, replica.limits.max_manifest
 
 
 @contextlib.contextmanager
@@ -1101,29 +1115,27 @@ def _verify_records(manifest: Manifest, reader: _Reader) -> None:
         )
 
 
-def read_manifest(
-    replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
-) -> Manifest:
+def read_manifest(replica: Replica, source: Source, *, max_record: int | None = None) -> Manifest:
     """Verify a bundle's manifest and its record table (the records themselves are not read).
 
     Raises:
         BundleError: the manifest does not verify for this replica.
     """
     with _opened(source) as stream:
-        return _read_manifest(replica, _Reader(stream, max_record), max_record)[0]
+        records, first = _record_budgets(replica, max_record)
+        return _read_manifest(replica, _Reader(stream, records, max_first=first), first)[0]
 
 
-def verify_bundle(
-    replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
-) -> Manifest:
+def verify_bundle(replica: Replica, source: Source, *, max_record: int | None = None) -> Manifest:
     """Verify a whole bundle for this replica without applying anything (import's first pass).
 
     Raises:
         BundleError: the bundle does not verify; ``reason`` says why.
     """
     with _opened(source) as stream:
-        reader = _Reader(stream, max_record)
-        manifest, _ = _read_manifest(replica, reader, max_record)
+        records, first = _record_budgets(replica, max_record)
+        reader = _Reader(stream, records, max_first=first)
+        manifest, _ = _read_manifest(replica, reader, first)
         _verify_records(manifest, reader)
         return manifest
 
@@ -1204,7 +1216,7 @@ def import_bundle(
     source: Source,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    max_record: int = DEFAULT_MAX_RECORD,
+    max_record: int | None = None,
 ) -> ImportResult:
     """Verify a whole bundle, then apply it; nothing is applied unless all of it verifies.
 
@@ -1226,14 +1238,15 @@ def import_bundle(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    records, first = _record_budgets(replica, max_record)
     with _opened(source) as stream:
         start = stream.tell()
-        reader = _Reader(stream, max_record)
-        manifest, manifest_hash = _read_manifest(replica, reader, max_record)
+        reader = _Reader(stream, records, max_first=first)
+        manifest, manifest_hash = _read_manifest(replica, reader, first)
         _verify_records(manifest, reader)
 
         stream.seek(start)
-        reader = _Reader(stream, max_record)
+        reader = _Reader(stream, records, max_first=first)
         reader.magic(BUNDLE_MAGIC)
         identity = hashlib.sha256()
         for _ in range(_FIRST_ITEM):
@@ -1339,7 +1352,7 @@ def export_receipt(
 
 
 def read_receipt(
-    replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
+    replica: Replica, source: Source, *, max_record: int | None = None
 ) -> BundleReceipt:
     """Verify a receipt addressed to this replica; nothing is changed.
 
@@ -1347,8 +1360,9 @@ def read_receipt(
         BundleError: the receipt does not verify, names a source other than its signer's plane
             (``wrong-source``), or is addressed to another plane (``wrong-peer``).
     """
+    records, first = _record_budgets(replica, max_record)
     with _opened(source) as stream:
-        reader = _Reader(stream, max_record)
+        reader = _Reader(stream, records, max_first=first)
         reader.magic(RECEIPT_MAGIC)
         record = reader.next()
         if record is None:
@@ -1358,7 +1372,7 @@ def read_receipt(
         if reader.next() is not None:
             raise _fail("a receipt holds one record", "extra-records", record=1)
     body, receipt_id, grant = _open_signed(
-        replica, record.data, domain=RECEIPT_DOMAIN, keys=_RECEIPT_KEYS, max_record=max_record
+        replica, record.data, domain=RECEIPT_DOMAIN, keys=_RECEIPT_KEYS, max_record=first
     )
     for_peer = _str(body["for"], "for")
     plane = replica.identity.plane
@@ -1381,7 +1395,7 @@ def read_receipt(
 
 
 def import_receipt(
-    replica: Replica, source: Source, *, max_record: int = DEFAULT_MAX_RECORD
+    replica: Replica, source: Source, *, max_record: int | None = None
 ) -> BundleReceipt:
     """Verify a receipt and settle the sync debt towards its signer, and no one else.
 
