@@ -765,7 +765,7 @@ def _describe_not_applied(replica: Replica, item: NotApplied) -> str:
         holder = describe_writer(
             replica.plane_of(item.winner.writer), _short_chain(item.winner.writer)
         )
-        text += f"; the value is {holder}'s (hlc {item.winner_hlc}, v{item.winner.version})"
+        text += f"; {holder} holds it (hlc {item.winner_hlc}, v{item.winner.version})"
     return text
 
 

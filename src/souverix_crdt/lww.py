@@ -382,11 +382,11 @@ def winner(
     """
     candidates = list(registers)
     if strategy is Strategy.AUTHORITY_PRECEDENCE and len(candidates) > 1:
-        candidates = [
-            register
-            for register in candidates
-            if not any(supersedes(other, register) for other in candidates)
-        ]
+        # Greatest first: the first one nothing supersedes wins, usually the first or second.
+        candidates.sort(key=lambda r: order_key(r, strategy, rank_of), reverse=True)
+        for register in candidates:
+            if not any(supersedes(other, register) for other in candidates):
+                return register
     best: Register | None = None
     best_key: tuple[Any, ...] = ()
     for register in candidates:
