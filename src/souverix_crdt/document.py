@@ -599,11 +599,18 @@ class ScopeState:
         return 1 if doc is None else doc.seq + 1
 
     def pending_count(self) -> int:
-        """Early arrivals waiting for a gap to fill, over all writers."""
+        """Early arrivals waiting for a gap to fill, over all writers.
+
+        Only those handed to :meth:`receive` out of order: a replica holds its own early
+        arrivals before they reach the scope (see ``Replica.status().gaps``).
+        """
         return sum(len(p) for p in self._pending.values())
 
     def missing(self, writer: str) -> int | None:
-        """The first sequence number the writer's pending updates wait for, if any wait."""
+        """The first sequence number the writer's pending updates wait for, if any wait.
+
+        On a replica, ``Replica.status().gaps`` says this for every chain.
+        """
         return self.next_seq(writer) if self._pending.get(writer) else None
 
     # ------------------------------------------------------------------ writing
