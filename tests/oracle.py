@@ -80,11 +80,22 @@ class Model:
                 newest[write.writer] = write
         return list(newest.values())
 
+    @staticmethod
+    def supersedes(newer: ModelWrite, older: ModelWrite) -> bool:
+        """``newer``'s author had seen ``older`` (another writer's), and it is dated later."""
+        return newer.writer != older.writer and older.id in newer.seen and newer.hlc > older.hlc
+
+    def winner(self, heads: list[ModelWrite]) -> ModelWrite:
+        """Under authority precedence, the greatest head no other head supersedes."""
+        if self.strategy is Strategy.AUTHORITY_PRECEDENCE:
+            heads = [h for h in heads if not any(self.supersedes(o, h) for o in heads)]
+        return max(heads, key=self.order)
+
     def state(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Visible values: per key, the maximum of each writer's newest write."""
+        """Visible values: per key, the winner among each writer's newest write."""
         view: dict[str, dict[str, dict[str, Any]]] = {}
         for scope, collection, key in sorted(self.writes):
-            best = max(self.final_heads((scope, collection, key)), key=self.order)
+            best = self.winner(self.final_heads((scope, collection, key)))
             if not best.deleted:
                 view.setdefault(scope, {}).setdefault(collection, {})[key] = best.value
         return view

@@ -19,7 +19,12 @@ from click.testing import CliRunner, Result
 from souverix_crdt.cli import cli
 from souverix_crdt.errors import ConfigError
 from souverix_crdt.plane.keyring import load_keys
-from souverix_crdt.plane.peer import load_peer_config, parse_peer_config
+from souverix_crdt.plane.peer import (
+    learn_key_directory,
+    load_peer_config,
+    open_replica,
+    parse_peer_config,
+)
 from souverix_crdt.transports.tls import check_key_pair, load_certificate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers"
@@ -571,6 +576,89 @@ def test_air_gapped_round_trip_with_bundles_receipts_and_the_audit_log(fleet: Pa
 
     again = ok("bundle", "import", *edge, down)
     assert "0 applied, 1 already held" in again.output
+
+
+def carry(fleet: Path, source: str, target: str) -> None:
+    """One bundle from ``source`` to ``target`` and its receipt back."""
+    bundle, receipt = fleet / f"{source}.bundle", fleet / f"{source}.receipt"
+    ok("bundle", "export", "--config", fleet / f"{source}.yaml", "--peer", target, "--out", bundle)
+    ok("bundle", "import", "--config", fleet / f"{target}.yaml", bundle, "--receipt-out", receipt)
+    ok("bundle", "import", "--config", fleet / f"{source}.yaml", receipt)
+
+
+def test_a_zone_write_after_seeing_the_region_value_takes_effect_everywhere(fleet: Path) -> None:
+    ok("peer", "write", "--config", fleet / "region-a.yaml", EDGE, "policies", "window", "sat")
+    carry(fleet, "region-a", "edge-a1")
+    assert get(fleet, "edge-a1", EDGE, "policies", "window").output.strip() == '"sat"'
+    written = run(
+        "peer", "write", "--config", fleet / "edge-a1.yaml", EDGE, "policies", "window", "sun"
+    )
+    assert written.exit_code == 0, written.output
+    assert written.output.startswith("wrote policies.window")
+    assert "not in effect" not in written.output
+    carry(fleet, "edge-a1", "region-a")
+    for plane in ("region-a", "edge-a1"):
+        assert get(fleet, plane, EDGE, "policies", "window").output.strip() == '"sun"'
+        # A causal successor is not a conflict.
+        assert "no conflicts recorded" in ok("audit", "--config", fleet / f"{plane}.yaml").output
+
+
+def test_a_write_that_does_not_take_effect_is_reported_and_exits_3(
+    fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok("peer", "write", "--config", fleet / "region-a.yaml", EDGE, "policies", "window", "sat")
+    carry(fleet, "region-a", "edge-a1")
+    # A merge that ranks before causality (the rule of old): the zone's write, though it had
+    # seen the region's value, does not take effect; the command must say so, not succeed.
+    import souverix_crdt.document as document  # noqa: PLC0415 - patched for this test only
+    from souverix_crdt.lww import order_key  # noqa: PLC0415
+
+    monkeypatch.setattr(
+        document,
+        "winner",
+        lambda regs, strategy, rank_of: max(regs, key=lambda r: order_key(r, strategy, rank_of)),
+    )
+    result = run(
+        "peer", "write", "--config", fleet / "edge-a1.yaml", EDGE, "policies", "window", "sun"
+    )
+    assert result.exit_code == 3, result.output
+    assert result.stdout.startswith("wrote policies.window")  # committed and signed all the same
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("not in effect: policies.window: outranked")
+    assert "region-a" in line
+    assert get(fleet, "edge-a1", EDGE, "policies", "window").output.strip() == '"sat"'
+
+
+def test_status_names_what_a_chain_with_a_gap_is_missing(fleet: Path) -> None:
+    # One incarnation of the zone writes four times: seq 1 to 4 of one chain.
+    edge_config = load_peer_config(fleet / "edge-a1.yaml")
+    region_config = load_peer_config(fleet / "region-a.yaml")
+    edge = open_replica(edge_config)
+    try:
+        for n in range(4):
+            edge.scope(EDGE).nodes.set(f"n{n}", n)
+        chain = edge.chain
+        envelopes = edge.envelopes_after(EDGE, chain, 0, 10)
+    finally:
+        edge.close()
+    region = open_replica(region_config)
+    try:
+        learn_key_directory(region, load_keys(region_config.keys), region_config.keys)
+        results = region.ingest_many([envelopes[0], envelopes[2], envelopes[3]])
+        assert [r.outcome.value for r in results] == ["applied", "pending", "pending"]
+    finally:
+        region.close()
+    document = json.loads(
+        ok("status", "--config", fleet / "region-a.yaml", "--format", "json").output
+    )
+    (gap,) = document["gaps"].values()
+    assert list(document["gaps"]) == [f"{EDGE}|{chain}"]
+    assert (gap["missing"], gap["waiting"]) == (2, 2)
+    assert gap["since_ms"] > 0
+    table = ok("status", "--config", fleet / "region-a.yaml").output
+    assert "missing" in table
+    row = next(line for line in table.splitlines() if line.strip().startswith(EDGE))
+    assert row.split()[2:4] == ["2", "2"], table
 
 
 def test_a_zone_that_lost_its_store_is_refilled_from_its_receipt(fleet: Path) -> None:

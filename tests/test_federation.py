@@ -360,3 +360,41 @@ def test_manual_clock_only_moves_forward() -> None:
     assert clock.advance(5) == 15 == clock()
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+def test_a_conditional_zone_that_has_seen_its_region_value_may_change_it(
+    manager: FederationManager, clock: ManualClock
+) -> None:
+    zone = "global/region-a/edge-a1"
+    holders = ("global", "region-a", "edge-a1")
+    # A concurrent pair first: the region's value wins and the zone's loss is audited.
+    manager.set_link_state("region-a", "edge-a1", up=False)
+    manager.replica("region-a").scope(zone).policies.set("window", "sat")
+    clock.advance(MINUTE)
+    blind = manager.replica("edge-a1").scope(zone).policies.set("window", "sun")
+    assert blind.applied  # nothing it could see outranked it when it was written
+    manager.set_link_state("region-a", "edge-a1", up=True)
+    manager.settle()
+    assert [manager.replica(n).effective(zone, "policies", "window") for n in holders] == [
+        "sat"
+    ] * 3
+    (lost,) = manager.replica("edge-a1").conflicts()
+    assert lost.loser.writer.startswith(KEYS["edge-a1"].key_id)
+    # Now the zone has seen the region's value: its next write supersedes it everywhere.
+    clock.advance(MINUTE)
+    seen = manager.replica("edge-a1").scope(zone).policies.set("window", "mon")
+    assert seen.applied
+    assert seen.not_applied == ()
+    manager.settle()
+    for name in holders:
+        replica = manager.replica(name)
+        assert replica.effective(zone, "policies", "window") == "mon", name
+        # A causal successor is no conflict: the audit still holds the one concurrent pair.
+        assert replica.conflicts() == [lost], name
+    # And the region, having seen the zone's value, may change it back.
+    clock.advance(MINUTE)
+    assert manager.replica("region-a").scope(zone).policies.set("window", "tue").applied
+    manager.settle()
+    assert [manager.replica(n).effective(zone, "policies", "window") for n in holders] == [
+        "tue"
+    ] * 3

@@ -64,6 +64,8 @@ class Federation(RuleBasedStateMachine):
         self.cluster: Cluster | None = None
         # Every receipted write: (writer name, scope, collection, key, value, deleted, receipt).
         self.receipts: list[tuple[str, str, str, str, Any, bool, Receipt]] = []
+        # Per receipt (same index): the receipts of its key its writer had seen when writing.
+        self.seen: list[frozenset[int]] = []
         self.last_hlc: dict[str, Timestamp] = {}
         self.partitioned: set[tuple[str, str]] = set()
 
@@ -109,9 +111,20 @@ class Federation(RuleBasedStateMachine):
         children = [n for n in NAMES if self.c[n].identity.scope.parent == scope]
         if downward and children:
             scope = self.c[children[child % len(children)]].identity.scope
+        # What the writer had seen of this key: the receipted writes its frontiers cover, and
+        # everything those had seen (the causal past, for authority precedence).
+        held = {(str(s), c): q for s, c, q, _ in replica.frontiers()}
+        seen: set[int] = set()
+        for index, (_, other_scope, _, other_key, _, _, other) in enumerate(self.receipts):
+            if (other_scope, other_key) == (str(scope), key) and held.get(
+                (other_scope, other.chain), 0
+            ) >= other.seq:
+                seen.add(index)
+                seen |= self.seen[index]
         handle = replica.scope(scope).policies
         receipt = handle.delete(key) if delete else handle.set(key, value)
         self.receipts.append((name, str(scope), "policies", key, value, delete, receipt))
+        self.seen.append(frozenset(seen))
 
     @rule(name=names, other=names, key=st.sampled_from(KEYS))
     def unauthorized_write(self, name: str, other: str, key: str) -> None:
@@ -212,22 +225,39 @@ class Federation(RuleBasedStateMachine):
             assert set(replica.conflicts()) == shared, name
 
     def oracle(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """The state computed from the receipts alone: per key, the strategy's maximum."""
-        best: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-        for writer, scope, collection, key, value, deleted, receipt in self.receipts:
-            strategy = self.strategy(scope)
-            rank = FLEET[writer].delegation.tier.rank
-            order = (receipt.hlc, receipt.chain)
-            if strategy is Strategy.AUTHORITY_PRECEDENCE:
-                order = (rank, *order)
-            ref = (scope, collection, key)
-            if ref not in best or order > best[ref][0]:
-                best[ref] = (order, value, deleted)
+        """The state computed from the receipts alone.
+
+        Per key, each chain's last write is a head; under authority precedence the heads
+        another head had seen (and is dated after) drop out first; the winner is the strategy's
+        maximum of what remains.
+        """
+        heads: dict[tuple[str, str, str], dict[str, int]] = {}
+        for index, (_, scope, collection, key, _, _, receipt) in enumerate(self.receipts):
+            heads.setdefault((scope, collection, key), {})[receipt.chain] = index
         view: dict[str, dict[str, dict[str, Any]]] = {}
-        for (scope, collection, key), (_, value, deleted) in sorted(best.items()):
+        for (scope, collection, key), by_chain in sorted(heads.items()):
+            strategy = self.strategy(scope)
+            candidates = list(by_chain.values())
+            if strategy is Strategy.AUTHORITY_PRECEDENCE:
+                candidates = [
+                    i for i in candidates if not any(self.supersedes(j, i) for j in candidates)
+                ]
+            best = max(candidates, key=lambda i: self.order(i, strategy))
+            _, _, _, _, value, deleted, _ = self.receipts[best]
             if not deleted:
                 view.setdefault(scope, {}).setdefault(collection, {})[key] = value
         return view
+
+    def order(self, index: int, strategy: Strategy) -> tuple[Any, ...]:
+        writer, *_, receipt = self.receipts[index]
+        order: tuple[Any, ...] = (receipt.hlc, receipt.chain)
+        if strategy is Strategy.AUTHORITY_PRECEDENCE:
+            order = (FLEET[writer].delegation.tier.rank, *order)
+        return order
+
+    def supersedes(self, newer: int, older: int) -> bool:
+        a, b = self.receipts[newer][-1], self.receipts[older][-1]
+        return a.chain != b.chain and older in self.seen[newer] and a.hlc > b.hlc
 
     @staticmethod
     def strategy(scope: str) -> Strategy:

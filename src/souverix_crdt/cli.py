@@ -76,7 +76,7 @@ from souverix_crdt.transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_fil
 from . import __version__
 from .authority import Capability, Delegation, Revocation
 from .conflicts import ConflictRecord
-from .document import COLLECTIONS
+from .document import COLLECTIONS, NotApplied
 from .errors import AuthorityError, ConfigError, SouverixError, UnknownPlaneError
 from .hlc import system_wall_clock
 from .naming import describe_writer
@@ -89,6 +89,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Exit status of an error the user can fix (click uses 2 for usage errors).
 EXIT_ERROR: Final = 1
+#: Exit status of ``peer write`` when the write is committed but does not take effect.
+EXIT_NOT_APPLIED: Final = 3
 _JSON_INDENT: Final = 2
 
 
@@ -720,7 +722,9 @@ def peer_write(
     """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key, into its store.
 
     A running peer process of that plane picks the write up from its store and syncs it.
-    A write the key has no authority for is refused, and nothing is written.
+    A write the key has no authority for is refused, and nothing is written. A write that is
+    committed but does not become the key's value (another register wins it) is reported
+    with the register that wins and why, and the command exits with status 3.
     """
     config = _peer_config(config_path, keys_dir, plane, store_path)
     parsed = _parse_value(value, as_json=as_json)
@@ -735,10 +739,34 @@ def peer_write(
                 f"refused: {config.plane} (key {replica.identity.key_id[:16]}) may not write "
                 f"{collection} at {target}: {_one_line(exc)}"
             ) from exc
+        lost = [_describe_not_applied(replica, item) for item in receipt.not_applied]
     click.echo(
         f"wrote {collection}.{key} at {receipt.scope} as {config.plane} "
         f"(seq {receipt.seq}, hlc {receipt.hlc})"
     )
+    if lost:
+        for line in lost:
+            click.echo(f"not in effect: {line}", err=True)
+        raise click.exceptions.Exit(EXIT_NOT_APPLIED)
+
+
+#: What each reason a write did not take effect means, for people.
+_NOT_APPLIED_REASONS: Final = {
+    "outranked": "a register this write had not seen ranks higher",
+    "superseded": "a register that had seen this write is newer",
+    "not-counted": "this plane's registers do not count in the collection",
+}
+
+
+def _describe_not_applied(replica: Replica, item: NotApplied) -> str:
+    why = _NOT_APPLIED_REASONS.get(item.reason, item.reason)
+    text = f"{item.collection}.{item.key}: {item.reason} ({why})"
+    if item.winner is not None:
+        holder = describe_writer(
+            replica.plane_of(item.winner.writer), _short_chain(item.winner.writer)
+        )
+        text += f"; {holder} holds it (hlc {item.winner_hlc}, v{item.winner.version})"
+    return text
 
 
 @peer.command("get")
@@ -1139,6 +1167,9 @@ def status(
             for record in document["refused"].values()
             for entry in record["envelopes"]
         }
+        for name in document["gaps"]:
+            chain = name.split("|", 1)[1]
+            replica_planes[chain] = replica.plane_of(chain)
     if output == "json":
         _echo_json(document)
         return
@@ -1173,6 +1204,21 @@ def status(
                 str(first.get("seq", "")),
             )
         console.print(refused)
+    if document["gaps"]:
+        # Chains that cannot advance: what they wait for, so an operator can ask for it.
+        gaps = Table(title="missing", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("scope", "writer", "missing seq", "waiting", "since"):
+            gaps.add_column(column)
+        for name, gap in document["gaps"].items():
+            gap_scope, chain = name.split("|", 1)
+            gaps.add_row(
+                gap_scope,
+                describe_writer(replica_planes.get(chain, ""), chain),
+                str(gap["missing"]),
+                str(gap["waiting"]),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(gap["since_ms"] / 1000)),
+            )
+        console.print(gaps)
     links = Table(title="links", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("peer", "debt envelopes", "debt bytes", "oldest", "connected", "last sync"):
         links.add_column(column)

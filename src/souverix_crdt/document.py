@@ -42,6 +42,8 @@ from .lww import (
     check_storable,
     order_key,
     register_stamp,
+    supersedes,
+    winner,
 )
 from .scope import Scope
 
@@ -52,6 +54,7 @@ __all__ = [
     "Change",
     "FleetState",
     "MapChanges",
+    "NotApplied",
     "ScopeState",
     "WriteOp",
     "WriteResult",
@@ -406,12 +409,34 @@ class WriteResult:
         update: The pycrdt update (the envelope's payload).
         hlc: The transaction's timestamp.
         changed: ``(collection, key)`` of every key whose winner changed.
+        not_applied: The writes that did not become their key's winner.
     """
 
     seq: int
     update: bytes
     hlc: Timestamp
     changed: tuple[KeyRef, ...]
+    not_applied: tuple[NotApplied, ...] = ()
+
+
+@attrs.frozen
+class NotApplied:
+    """A write that is committed and signed but is not its key's visible value.
+
+    Attributes:
+        collection: The collection.
+        key: The key.
+        reason: ``"outranked"`` (a register the write had not seen ranks higher under
+            authority precedence), ``"superseded"`` (a register that had seen the write wins)
+            or ``"not-counted"`` (this writer's registers do not count in the collection).
+        winner: The register that wins the key instead (``None`` if none does).
+    """
+
+    collection: str
+    key: str
+    reason: str
+    winner: VersionRef | None = None
+    winner_hlc: Timestamp | None = None
 
 
 def check_collection(name: str) -> None:
@@ -574,11 +599,18 @@ class ScopeState:
         return 1 if doc is None else doc.seq + 1
 
     def pending_count(self) -> int:
-        """Early arrivals waiting for a gap to fill, over all writers."""
+        """Early arrivals waiting for a gap to fill, over all writers.
+
+        Only those handed to :meth:`receive` out of order: a replica holds its own early
+        arrivals before they reach the scope (see ``Replica.status().gaps``).
+        """
         return sum(len(p) for p in self._pending.values())
 
     def missing(self, writer: str) -> int | None:
-        """The first sequence number the writer's pending updates wait for, if any wait."""
+        """The first sequence number the writer's pending updates wait for, if any wait.
+
+        On a replica, ``Replica.status().gaps`` says this for every chain.
+        """
         return self.next_seq(writer) if self._pending.get(writer) else None
 
     # ------------------------------------------------------------------ writing
@@ -639,10 +671,37 @@ class ScopeState:
             if allowed[collection]:
                 winner_of[collection][key] = writer
                 changed.append((collection, key))
+        not_applied: list[NotApplied] = []
         for ref, register in tracked:
-            if allowed[ref[0]] and self._index(ref, register):
+            if not allowed[ref[0]]:
+                not_applied.append(NotApplied(ref[0], ref[1], "not-counted"))
+                continue
+            if self._index(ref, register):
                 changed.append(ref)
-        return WriteResult(seq=doc.seq, update=update, hlc=hlc, changed=tuple(changed))
+            best = self._records[ref].winner
+            if best is not register:
+                not_applied.append(self._not_applied(ref, register, best))
+        if fresh and not all(allowed[collection] for collection, _ in fresh):
+            not_applied.extend(
+                NotApplied(collection, key, "not-counted")
+                for collection, key in fresh
+                if not allowed[collection]
+            )
+        return WriteResult(
+            seq=doc.seq,
+            update=update,
+            hlc=hlc,
+            changed=tuple(changed),
+            not_applied=tuple(not_applied),
+        )
+
+    @staticmethod
+    def _not_applied(ref: KeyRef, register: Register, best: Register | None) -> NotApplied:
+        """Why ``register`` is not its key's winner: ``best`` is, having seen it or not."""
+        if best is None:
+            return NotApplied(ref[0], ref[1], "not-counted")
+        reason = "superseded" if supersedes(best, register) else "outranked"
+        return NotApplied(ref[0], ref[1], reason, best.ref, best.hlc)
 
     def _next_register(self, ref: KeyRef, writer: str, hlc: Timestamp, op: WriteOp) -> Register:
         """The register ``writer`` writes over a key that already has registers."""
@@ -914,6 +973,15 @@ class ScopeState:
         bisect.insort(record.history, (key, register), key=_first)
         if len(record.history) > self.history_limit:
             del record.history[0]
+        if strategy is Strategy.AUTHORITY_PRECEDENCE:
+            # Causal first: the new register may supersede the winner whatever the ranks, or
+            # replace its writer's head that was superseding another one; judged over the heads.
+            best = winner(record.heads.values(), strategy, rank_of)
+            if best is record.winner or best is None:
+                return False
+            record.winner, record.winner_key = best, order_key(best, strategy, rank_of)
+            self._winner_of[ref[0]][ref[1]] = best.writer
+            return True
         if record.winner is None or key > record.winner_key:
             record.winner, record.winner_key = register, key
             self._winner_of[ref[0]][ref[1]] = register.writer
@@ -931,13 +999,26 @@ class ScopeState:
             return False
         if record.heads.pop(writer, None) is None:
             return False
+        if self.strategy is Strategy.AUTHORITY_PRECEDENCE:
+            # The head that vanished may have been superseding a register that now wins.
+            previous = record.winner
+            best = winner(record.heads.values(), self.strategy, self.policy.rank)
+            record.winner = best
+            record.winner_key = (
+                () if best is None else order_key(best, self.strategy, self.policy.rank)
+            )
+            if best is None:
+                winner_of.pop(ref[1], None)
+            else:
+                winner_of[ref[1]] = best.writer
+            return best is not previous
         if record.winner is None or record.winner.writer != writer:
             return False
         record.winner, record.winner_key = None, ()
-        for register in record.heads.values():
-            key = order_key(register, self.strategy, self.policy.rank)
-            if record.winner is None or key > record.winner_key:
-                record.winner, record.winner_key = register, key
+        best = winner(record.heads.values(), self.strategy, self.policy.rank)
+        if best is not None:
+            record.winner = best
+            record.winner_key = order_key(best, self.strategy, self.policy.rank)
         if record.winner is None:
             winner_of.pop(ref[1], None)
         else:

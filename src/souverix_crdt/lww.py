@@ -9,8 +9,15 @@ conflict detection exact: two registers conflict when neither author had seen th
 The winner among a key's registers is the maximum under the scope's :class:`Strategy`:
 
 * ``LAST_WRITER_WINS`` orders by ``(hlc, writer)``;
-* ``AUTHORITY_PRECEDENCE`` orders by ``(rank, hlc, writer)``, rank coming from the writer's
-  signed delegation (never from the register itself, which the writer controls).
+* ``AUTHORITY_PRECEDENCE`` is causal first: a register that *supersedes* another (its author
+  had seen it, and it is dated later) beats it whatever the ranks, so a zone that has seen the
+  region's value may change it. The winner is picked among the registers no other register
+  supersedes (the causally newest ones), by ``(rank, hlc, writer)``, rank coming from the
+  writer's signed delegation (never from the register itself, which the writer controls). So a
+  higher authority wins only over writes that had not seen it.
+
+Under last-writer-wins the causal rule adds nothing: a register that supersedes another is
+always dated later, so ``(hlc, writer)`` already ranks it higher.
 
 The state-based CRDT underneath is :class:`LwwMap`: for every key, each writer's newest register.
 Its merge (per writer, keep the register with the greater HLC) is commutative, associative and
@@ -45,6 +52,7 @@ __all__ = [
     "is_plain",
     "order_key",
     "register_stamp",
+    "supersedes",
     "winner",
 ]
 
@@ -346,10 +354,24 @@ def concurrent(a: Register, b: Register) -> bool:
     return not has_seen(a, b) and not has_seen(b, a)
 
 
+def supersedes(newer: Register, older: Register) -> bool:
+    """True if ``newer`` causally supersedes ``older``: another writer's register that had seen it.
+
+    Both conditions are needed: the context says the author had seen ``older``, and the later
+    timestamp makes the relation acyclic even for registers whose contexts were forged (a
+    writer controls its own context), so a set of registers always has causally newest members
+    and the winner stays a function of the set.
+    """
+    if newer.writer == older.writer or newer.hlc <= older.hlc:
+        return False
+    seen = newer.context.get(older.writer)
+    return seen is not None and seen >= older.hlc
+
+
 def order_key(
     register: Register, strategy: Strategy, rank_of: RankOf = _no_rank
 ) -> tuple[Any, ...]:
-    """The total order a strategy uses; the winner is the register with the largest key."""
+    """The total order a strategy uses among concurrent registers (the largest key wins)."""
     if strategy is Strategy.AUTHORITY_PRECEDENCE:
         return (rank_of(register.writer), register.hlc, register.writer)
     return (register.hlc, register.writer)
@@ -358,10 +380,22 @@ def order_key(
 def winner(
     registers: Iterable[Register], strategy: Strategy, rank_of: RankOf = _no_rank
 ) -> Register | None:
-    """The winning register under ``strategy``, or ``None`` if there are none."""
+    """The winning register under ``strategy``, or ``None`` if there are none.
+
+    ``registers`` are a key's heads, one per writer. Under authority precedence, the winner is
+    the largest by :func:`order_key` among the registers no other of them supersedes; under
+    last-writer-wins, simply the largest (which is never superseded).
+    """
+    candidates = list(registers)
+    if strategy is Strategy.AUTHORITY_PRECEDENCE and len(candidates) > 1:
+        # Greatest first: the first one nothing supersedes wins, usually the first or second.
+        candidates.sort(key=lambda r: order_key(r, strategy, rank_of), reverse=True)
+        for register in candidates:
+            if not any(supersedes(other, register) for other in candidates):
+                return register
     best: Register | None = None
     best_key: tuple[Any, ...] = ()
-    for register in registers:
+    for register in candidates:
         key = order_key(register, strategy, rank_of)
         if best is None or key > best_key:
             best, best_key = register, key

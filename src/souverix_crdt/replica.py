@@ -86,7 +86,7 @@ from .checkpoint import open_checkpoint, seal_checkpoint
 from .codec import DEFAULT_LIMITS as DEFAULT_DECODE_LIMITS
 from .codec import decode, encode, encode_canonical
 from .conflicts import ConflictRecord
-from .document import COLLECTIONS, Change, FleetState, WriteOp, check_collection
+from .document import COLLECTIONS, Change, FleetState, NotApplied, WriteOp, check_collection
 from .envelope import (
     EnvelopeHeader,
     VerifiedEnvelope,
@@ -120,6 +120,7 @@ from .scope import Scope
 
 __all__ = [
     "AckResult",
+    "ChainGap",
     "Identity",
     "IngestOutcome",
     "IngestResult",
@@ -204,6 +205,9 @@ class Receipt:
         chain: The writer chain (``key id~epoch``).
         seq: Its sequence number in that chain.
         hlc: The transaction's timestamp.
+        not_applied: The writes of the transaction that are durable and signed but did not
+            take effect: their key shows another register (each names why). Empty when every
+            write is its key's visible value.
     """
 
     envelope_id: bytes
@@ -211,6 +215,12 @@ class Receipt:
     chain: str
     seq: int
     hlc: Timestamp
+    not_applied: tuple[NotApplied, ...] = ()
+
+    @property
+    def applied(self) -> bool:
+        """True if every write of the transaction took effect."""
+        return not self.not_applied
 
 
 class IngestOutcome(enum.Enum):
@@ -286,6 +296,26 @@ class SyncDebt:
             "bytes": self.bytes,
             "oldest_age_ms": self.oldest_age_ms,
         }
+
+
+@attrs.frozen
+class ChainGap:
+    """A chain whose next envelope is missing while later ones wait for it.
+
+    Attributes:
+        missing: The first sequence number not held: nothing after it applies until it arrives.
+        waiting: Envelopes of the chain held in the pending area behind it.
+        since_ms: Wall time (ms) the oldest of them has been held since (on this replica, since
+            it was opened for envelopes held across a restart).
+    """
+
+    missing: int
+    waiting: int
+    since_ms: int
+
+    def to_json(self) -> dict[str, int]:
+        """A JSON-serialisable form."""
+        return {"missing": self.missing, "waiting": self.waiting, "since_ms": self.since_ms}
 
 
 @attrs.frozen
@@ -371,6 +401,8 @@ class ReplicaStatus:
         refused: Envelopes refused for a reason that cannot change, per reason: their count
             and the lowest-id ones (see :mod:`souverix_crdt.refusals`); the same on every
             replica given the same envelopes.
+        gaps: ``"scope|chain"`` → what the chain is missing, for every chain with envelopes
+            waiting behind a gap.
     """
 
     name: str
@@ -391,6 +423,7 @@ class ReplicaStatus:
     pending_by_source: dict[str, SourceUsage] = attrs.field(factory=dict)
     quarantine_by_writer: dict[str, SourceUsage] = attrs.field(factory=dict)
     refused: dict[str, Any] = attrs.field(factory=dict)
+    gaps: dict[str, ChainGap] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
@@ -413,6 +446,7 @@ class ReplicaStatus:
             "pending_by_source": {k: v.to_json() for k, v in self.pending_by_source.items()},
             "quarantine_by_writer": {k: v.to_json() for k, v in self.quarantine_by_writer.items()},
             "refused": self.refused,
+            "gaps": {k: v.to_json() for k, v in self.gaps.items()},
         }
 
 
@@ -423,6 +457,7 @@ class _Chain:
     seq: int = 0
     last_id: bytes = b""
     pending: dict[int, tuple[bytes, bytes]] = attrs.field(factory=dict)  # seq -> (id, data)
+    held_since: dict[int, int] = attrs.field(factory=dict)  # seq -> wall ms it was held from
     cut_from: int | None = None  # equivocation: this seq and later do not count
 
 
@@ -946,7 +981,7 @@ class Replica:
         state.seq, state.last_id = result.seq, sealed.id
         self.fleet.notify(scope_state, result.changed)
         self._announce([(stored, None)])
-        return Receipt(sealed.id, str(target), self.chain, result.seq, hlc)
+        return Receipt(sealed.id, str(target), self.chain, result.seq, hlc, result.not_applied)
 
     # ================================================================== receiving
 
@@ -1199,10 +1234,12 @@ class Replica:
 
     def _hold_gap(self, key: Key, state: _Chain, seq: int, item_id: bytes, data: bytes) -> None:
         state.pending[seq] = (item_id, data)
+        state.held_since[seq] = self.clock.physical()
         self._gap.add(chain_writer(key[1]), len(data))
 
     def _drop_gap(self, key: Key, state: _Chain, seq: int) -> tuple[bytes, bytes] | None:
         item = state.pending.pop(seq, None)
+        state.held_since.pop(seq, None)
         if item is not None:
             self._gap.remove(chain_writer(key[1]), len(item[1]))
         return item
@@ -2006,7 +2043,20 @@ class Replica:
             pending_by_writer=self._gap.usage(),
             pending_by_source=self._awaiting.usage(),
             quarantine_by_writer=self._quarantined.usage(),
+            gaps=self.gaps(),
         )
+
+    def gaps(self) -> dict[str, ChainGap]:
+        """Per chain with envelopes waiting behind a gap (``"scope|chain"``), what it misses."""
+        gaps: dict[str, ChainGap] = {}
+        for (scope, chain), state in sorted(self._chains.items(), key=lambda kv: str(kv[0])):
+            if state.pending:
+                gaps[f"{scope}|{chain}"] = ChainGap(
+                    missing=state.seq + 1,
+                    waiting=len(state.pending),
+                    since_ms=min(state.held_since.values(), default=0),
+                )
+        return gaps
 
     def close(self) -> None:
         """Close the store."""
