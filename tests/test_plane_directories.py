@@ -341,3 +341,25 @@ def test_two_planes_sync_over_tls_from_their_directories_alone(
     processes.wait(synced, "the two writes to cross over TLS")
     status = json.loads(ok("status", "--config", lower, "--format", "json").output)
     assert status["links"]["global"] is not None
+
+
+def test_a_certificate_is_issued_into_a_plane_directory_where_the_ca_key_is(
+    tmp_path: Path,
+) -> None:
+    out = ceremony(tmp_path)
+    region = tmp_path / "region-a"
+    shutil.copytree(out / "planes" / "region-a", region)
+    new = tmp_path / "edge-a3"
+    ok("keys", "delegate", "--keys", region, "--scope", "global/region-a/edge-a3", "--out", new,
+       "edge-a3")  # fmt: skip
+    assert not (new / "tls" / "edge-a3.pem").exists()
+    result = ok("keys", "tls", "--keys", out / "offline", "--plane-dir", new)
+    assert "edge-a3" in result.output
+    assert (new / "tls" / "edge-a3.pem").is_file()
+    assert private_key_files(new) == [new / "planes" / "edge-a3.key"]
+    # With the offline directory at hand, delegate issues it at once.
+    newer = tmp_path / "edge-a4"
+    ok("keys", "delegate", "--keys", region, "--offline", out / "offline", "--scope",
+       "global/region-a/edge-a4", "--out", newer, "edge-a4")  # fmt: skip
+    assert (newer / "tls" / "edge-a4.pem").is_file()
+    assert (out / "offline" / "planes" / "edge-a4.json").is_file()

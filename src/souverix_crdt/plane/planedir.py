@@ -476,7 +476,6 @@ def load_plane(directory: str | Path, plane: str | None = None) -> PlaneKeys:
             path=str(fleet_path),
             reason="plane",
         )
-    check_directory_name(own)
     if plane is not None and plane != own:
         raise KeyFileError(
             f"this is {own}'s directory, not {plane}'s", path=str(root), reason="plane"
