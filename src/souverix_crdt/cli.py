@@ -1049,7 +1049,13 @@ def _link_statuses(topology: Topology, replicas: Mapping[str, Replica]) -> dict[
     type=click.Path(dir_okay=False, path_type=Path),
     help="A peer config whose store to read (repeat, one per plane).",
 )
-@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help="Key directory.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(path_type=Path),
+    help="The output of keys init (each store opened with its plane's directory), or a plane "
+    "directory.",
+)
 @click.option(
     "--stores",
     "stores_dir",

@@ -575,8 +575,8 @@ def tls_contexts(config: PeerConfig) -> tuple[SSLContext | None, SSLContext | No
     except KeyFileError as exc:
         detail = str(exc)
         if tls.shorthand and exc.reason == "missing":
-            detail += " (make the key directory's TLS material: souverix-crdt keys tls --keys "
-            detail += f"{config.keys})"
+            detail += " (issue it where the offline directory is: souverix-crdt keys tls --keys "
+            detail += f"OFFLINE_DIR --plane-dir {config.keys})"
         raise ConfigError(
             file=config.source, field=tls.field_of(exc.path), detail=detail, reason=exc.reason
         ) from exc
