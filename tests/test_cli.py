@@ -102,7 +102,8 @@ def test_demo_runs_and_keeps_its_files(tmp_path: Path) -> None:
     assert "Global Fleet View" in result.output
     assert "Region A View" in result.output
     assert (tmp_path / "federation.json").is_file()
-    assert (tmp_path / "keys" / "fleet.json").is_file()
+    assert (tmp_path / "keys" / "offline" / "fleet.json").is_file()
+    assert (tmp_path / "keys" / "planes" / "global" / "fleet.json").is_file()
     assert "--workdir DIR keeps them" not in result.output
     assert "--workdir DIR keeps them" in ok("demo").output
 
@@ -113,17 +114,22 @@ def test_demo_runs_and_keeps_its_files(tmp_path: Path) -> None:
 def test_keys_init_writes_a_key_directory_with_its_topology(fleet: Path) -> None:
     keys = load_keys(fleet / "keys")
     assert list(keys.planes) == ["global", "region-a", "edge-a1"]
-    assert (fleet / "keys" / "topology.yaml").read_text() == TOPOLOGY.read_text()
-    assert len(list((fleet / "keys" / "roots").glob("root-*.key"))) == 1
-    # The TLS material: a CA (its key next to the root keys) and a certificate per plane.
-    assert stat.S_IMODE((fleet / "keys" / "roots" / "tls-ca.key").stat().st_mode) == 0o600
-    assert (fleet / "keys" / "tls" / "ca.pem").is_file()
+    offline = fleet / "keys" / "offline"
+    assert (offline / "topology.yaml").read_text() == TOPOLOGY.read_text()
+    assert len(list((offline / "roots").glob("root-*.key"))) == 1
+    # The TLS material: a CA (its key next to the root keys, offline) and, in each plane's
+    # directory, the CA certificate and the plane's own certificate.
+    assert stat.S_IMODE((offline / "roots" / "tls-ca.key").stat().st_mode) == 0o600
+    assert (offline / "tls" / "ca.pem").is_file()
     for plane in keys.planes:
-        certificate = check_key_pair(
-            fleet / "keys" / "tls" / f"{plane}.pem", fleet / "keys" / "tls" / f"{plane}.key"
+        tls = fleet / "keys" / "planes" / plane / "tls"
+        assert (tls / "ca.pem").read_bytes() == (offline / "tls" / "ca.pem").read_bytes()
+        assert (fleet / "keys" / "planes" / plane / "topology.yaml").read_text() == (
+            TOPOLOGY.read_text()
         )
+        certificate = check_key_pair(tls / f"{plane}.pem", tls / f"{plane}.key")
         assert certificate.subject.rfc4514_string() == f"CN={plane}"
-        assert stat.S_IMODE((fleet / "keys" / "tls" / f"{plane}.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tls / f"{plane}.key").stat().st_mode) == 0o600
 
 
 def test_keys_init_is_deterministic_with_a_seed(tmp_path: Path) -> None:
@@ -136,10 +142,10 @@ def test_keys_init_without_a_file_uses_the_packaged_topology(tmp_path: Path) -> 
     result = ok("keys", "init", "--out", tmp_path / "keys", "--no-root-keys")
     assert "edge-b1" in result.output
     assert "not written" in result.output
-    assert not list((tmp_path / "keys" / "roots").glob("*.key"))
+    assert not list((tmp_path / "keys" / "offline" / "roots").glob("*.key"))
     # The CA key is forgotten like the root keys, after it signed every plane's certificate.
-    assert (tmp_path / "keys" / "tls" / "ca.pem").is_file()
-    assert (tmp_path / "keys" / "tls" / "edge-b1.pem").is_file()
+    assert (tmp_path / "keys" / "offline" / "tls" / "ca.pem").is_file()
+    assert (tmp_path / "keys" / "planes" / "edge-b1" / "tls" / "edge-b1.pem").is_file()
 
 
 def test_keys_init_refuses_to_overwrite(fleet: Path) -> None:
@@ -201,7 +207,7 @@ def test_keys_delegate_adds_a_plane_that_can_write(fleet: Path) -> None:
 
 
 def test_keys_delegate_issues_a_tls_certificate_when_the_ca_key_is_here(fleet: Path) -> None:
-    tls = fleet / "keys" / "tls"
+    tls = fleet / "keys" / "planes" / "edge-a3" / "tls"
     args = ("keys", "delegate", "--keys", fleet / "keys", "--issuer", "region-a", "--scope")
     result = ok(*args, "global/region-a/edge-a3", "edge-a3")
     assert f"TLS certificate for edge-a3: {tls / 'edge-a3.pem'}" in result.output
@@ -209,29 +215,35 @@ def test_keys_delegate_issues_a_tls_certificate_when_the_ca_key_is_here(fleet: P
     issuer = load_certificate(tls / "ca.pem")
     assert certificate.issuer == issuer.subject
     # Where the CA key is kept offline, the plane gets none, and the command says so.
-    (fleet / "keys" / "roots" / "tls-ca.key").unlink()
+    (fleet / "keys" / "offline" / "roots" / "tls-ca.key").unlink()
     result = ok(*args, "global/region-a/edge-a4", "edge-a4")
     assert "no TLS certificate for edge-a4" in result.output
-    assert not (tls / "edge-a4.pem").exists()
+    assert not (fleet / "keys" / "planes" / "edge-a4" / "tls" / "edge-a4.pem").exists()
+    assert (fleet / "keys" / "planes" / "edge-a4" / "tls" / "ca.pem").is_file()
 
 
 def test_keys_tls_renews_certificates_and_makes_a_new_ca(fleet: Path) -> None:
-    tls = fleet / "keys" / "tls"
-    ca = load_certificate(tls / "ca.pem")
-    before = {plane: load_certificate(tls / f"{plane}.pem") for plane in ("global", "edge-a1")}
+    planes = fleet / "keys" / "planes"
+
+    def pem(plane: str, name: str) -> Path:
+        return planes / plane / "tls" / f"{name}.pem"
+
+    ca = load_certificate(pem("global", "ca"))
+    before = {plane: load_certificate(pem(plane, plane)) for plane in ("global", "edge-a1")}
     result = ok("keys", "tls", "--keys", fleet / "keys", "--renew", "edge-a1")
     assert "certificates issued" in result.output
     assert "edge-a1" in result.output
-    assert load_certificate(tls / "edge-a1.pem") != before["edge-a1"]
-    assert load_certificate(tls / "global.pem") == before["global"]
+    assert load_certificate(pem("edge-a1", "edge-a1")) != before["edge-a1"]
+    assert load_certificate(pem("global", "global")) == before["global"]
     result = ok("keys", "tls", "--keys", fleet / "keys", "--new-ca", "--tls-host", "127.0.0.1")
     assert "a new TLS CA" in result.output
-    assert load_certificate(tls / "ca.pem") != ca
-    renewed = load_certificate(tls / "global.pem")
-    assert renewed.issuer == load_certificate(tls / "ca.pem").subject
+    assert load_certificate(pem("global", "ca")) != ca
+    renewed = load_certificate(pem("global", "global"))
+    assert renewed.issuer == load_certificate(pem("global", "ca")).subject
+    assert load_certificate(pem("edge-a1", "ca")) == load_certificate(pem("global", "ca"))
     line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "nope"))
     assert "no such plane: nope" in line
-    (fleet / "keys" / "roots" / "tls-ca.key").unlink()
+    (fleet / "keys" / "offline" / "roots" / "tls-ca.key").unlink()
     line = one_line_error(run("keys", "tls", "--keys", fleet / "keys", "--renew", "global"))
     assert "no certificate for global" in line
 
@@ -282,7 +294,9 @@ def test_keys_revoke_stops_the_key_writing(fleet: Path) -> None:
     )
     assert "cut none" in result.output
     assert "applied to region-a" in result.output
-    assert len(list((fleet / "keys" / "revocations").glob("*.rev"))) == 1
+    # Written at the issuer (region-a's directory), and kept offline too.
+    assert len(list((fleet / "keys" / "planes" / "region-a" / "revocations").glob("*.rev"))) == 1
+    assert len(list((fleet / "keys" / "offline" / "revocations").glob("*.rev"))) == 1
     line = one_line_error(write(fleet, "edge-a1", EDGE, "policies", "b", "2"))
     assert "refused: edge-a1" in line
     assert "revoked" in line
@@ -291,7 +305,8 @@ def test_keys_revoke_stops_the_key_writing(fleet: Path) -> None:
 def test_keys_rotate_moves_authority_to_a_new_key(fleet: Path) -> None:
     ok("peer", "write", "--config", fleet / "region-a.yaml", REGION, "policies", "a", "1")
     old = load_keys(fleet / "keys")["region-a"].key_id
-    old_certificate = load_certificate(fleet / "keys" / "tls" / "region-a.pem")
+    tls = fleet / "keys" / "planes" / "region-a" / "tls"
+    old_certificate = load_certificate(tls / "region-a.pem")
     result = ok(
         "keys",
         "rotate",
@@ -308,7 +323,7 @@ def test_keys_rotate_moves_authority_to_a_new_key(fleet: Path) -> None:
     keys = load_keys(fleet / "keys")
     assert keys["region-a"].key_id != old
     # Its TLS certificate and key were replaced too (the old ones lived on the same machine).
-    assert load_certificate(fleet / "keys" / "tls" / "region-a.pem") != old_certificate
+    assert load_certificate(tls / "region-a.pem") != old_certificate
     assert "TLS certificate for region-a" in result.output
     # The new key writes; what the old one wrote before the cut still counts; the zone below
     # keeps writing through the kept delegation.
@@ -410,7 +425,7 @@ def test_a_bad_peer_config_is_one_line_naming_file_and_field(fleet: Path) -> Non
 
 def test_peer_config_paths_are_relative_to_the_file(fleet: Path) -> None:
     config = load_peer_config(fleet / "region-a.yaml")
-    assert config.keys == fleet / "keys"
+    assert config.keys == fleet / "keys" / "planes" / "region-a"  # the plane's own directory
     assert config.store == fleet / "stores" / "region-a.sqlite3"
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 17302)
     assert config.upstream is not None
@@ -506,11 +521,16 @@ def test_a_bundle_is_only_for_a_plane_this_one_syncs_with(fleet: Path) -> None:
        "--scope", "global/region-z", "region-z")  # fmt: skip
     out = fleet / "b.bundle"
     region = ("--config", fleet / "region-a.yaml")
+    # region-a's directory does not know region-z (it was delegated at global).
     result = run("bundle", "export", *region, "--peer", "region-z", "--out", out)
     assert result.exit_code == 2
+    assert "unknown plane 'region-z'" in result.stderr
+    result = run("bundle", "export", "--config", fleet / "global.yaml", "--peer", "edge-a1",
+                 "--out", out)  # fmt: skip
+    assert result.exit_code == 2
     assert (
-        "Invalid value for --peer: region-z is not a plane region-a syncs with: bundles go to "
-        "the plane that delegated to it or to the planes it delegated to (global, edge-a1)"
+        "Invalid value for --peer: edge-a1 is not a plane global syncs with: bundles go to "
+        "the plane that delegated to it or to the planes it delegated to (region-a, region-z)"
     ) in result.stderr
     result = run("bundle", "export", *region, "--peer", "edge-a", "--out", out)
     assert result.exit_code == 2

@@ -143,7 +143,12 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
         running.stop_all()
 
 
-def prepare(example: Path, directory: Path, rewrite: Callable[[str, dict[str, Any]], None]) -> None:
+def prepare(
+    example: Path,
+    directory: Path,
+    rewrite: Callable[[str, dict[str, Any]], None],
+    *init_args: str | Path,
+) -> None:
     """Copy the example's configs with ``rewrite`` applied, and bootstrap its keys there."""
     for plane in PLANES:
         document = yaml.safe_load((example / f"{plane}.yaml").read_text())
@@ -157,6 +162,7 @@ def prepare(example: Path, directory: Path, rewrite: Callable[[str, dict[str, An
         directory / "keys",
         "--seed",
         "example-peers",
+        *init_args,
     )
 
 
@@ -388,10 +394,12 @@ def test_nats_peers_converge_across_a_leaf_node(tmp_path: Path, peers: Peers) ->
         def rewrite(plane: str, document: dict[str, Any]) -> None:
             assert document["transport"] == "nats"
             assert document["nats"]["user"] == plane
-            assert document["nats"]["password_file"] == f"auth/{plane}.password"
+            # The password file travels in the plane's own directory (keys init copies it).
+            password_file = f"keys/planes/{plane}/nats/{plane}.password"
+            assert document["nats"]["password_file"] == password_file
             document["nats"]["url"] = urls[plane]
 
-        prepare(example, tmp_path, rewrite)
+        prepare(example, tmp_path, rewrite, "--nats-credentials", auth)
         for plane in PLANES:
             peers.start(plane)
         for plane in PLANES:

@@ -564,7 +564,10 @@ def test_a_session_must_be_the_plane_its_certificate_names(tmp_path: Path) -> No
     """
     keys = make_keys(tmp_path)
     lines: list[str] = []
-    files = {plane: key_directory_files(keys, plane) for plane in ("global", "region-a")}
+    files = {
+        plane: key_directory_files(keys / "planes" / plane, plane)
+        for plane in ("global", "region-a")
+    }
     upper = PeerConfig(
         plane="global",
         keys=keys,

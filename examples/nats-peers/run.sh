@@ -21,7 +21,9 @@ for port in 8242 8243; do    # bounded wait for each server's monitoring port
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
-"$cli" keys init ../tcp-peers/topology.yaml --out keys --seed nats-example >/dev/null
+# One directory per plane (keys/planes/<name>/), each with its own NATS password file.
+"$cli" keys init ../tcp-peers/topology.yaml --out keys --seed nats-example \
+    --nats-credentials auth >/dev/null
 for plane in global region-a edge-a1; do
     "$cli" peer run --config "$plane.yaml" --ready-file "$plane.ready" 2>"$plane.log" &
     pids+=($!)

@@ -7,6 +7,7 @@ elif [[ -x ../../.venv/bin/souverix-crdt ]]; then cli=../../.venv/bin/souverix-c
 else cli=souverix-crdt; fi
 
 rm -rf keys data ./*.ready ./*.log
+# keys/offline/ holds the root keys; keys/planes/<name>/ is what each plane's machine gets.
 "$cli" keys init topology.yaml --out keys --seed tcp-example >/dev/null
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait' EXIT

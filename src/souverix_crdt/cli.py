@@ -3,8 +3,8 @@
 Commands::
 
     souverix-crdt demo                      the brief's federation on a simulated clock
-    souverix-crdt keys init TOPOLOGY --out DIR      root keys + a delegation per plane
-    souverix-crdt keys delegate|revoke|rotate ...   change a key directory
+    souverix-crdt keys init TOPOLOGY --out DIR      DIR/offline/ (roots) + DIR/planes/<name>/
+    souverix-crdt keys delegate|revoke|rotate ...   at the issuer, with its own directory
     souverix-crdt peer run --config FILE    one control plane as a long-running process
     souverix-crdt peer write|get ...        write or read a key through a plane's store
     souverix-crdt view                      the Global Fleet View or a regional view
@@ -12,8 +12,9 @@ Commands::
     souverix-crdt audit                     the conflict log
     souverix-crdt status                    a replica's status
 
-Commands that read a replica take ``--config FILE`` (a peer config: plane, key directory and
-store), or ``--keys DIR --plane NAME --store FILE``.
+Commands that read a replica take ``--config FILE`` (a peer config: plane, plane directory and
+store), or ``--keys DIR --plane NAME --store FILE``. Either reads the plane's own directory
+only (DIR, or DIR/planes/NAME/ in the output of ``keys init``): no other private key.
 
 Errors a user can fix (a file that does not validate, a write the key has no authority for, a
 store that does not exist) print one line on standard error naming what was wrong, and exit
@@ -45,16 +46,13 @@ from souverix_crdt.plane.keydir import (
     TOPOLOGY_FILE,
     cut_from_store,
     delegate_plane,
-    revoke_plane,
-    rotate_plane,
+    revoke_known,
+    rotate_known,
     save_revocation,
 )
 from souverix_crdt.plane.keyring import (
     FederationKeys,
     bootstrap_keys,
-    load_keys,
-    save_keys,
-    save_tls,
 )
 from souverix_crdt.plane.peer import (
     PeerConfig,
@@ -62,7 +60,24 @@ from souverix_crdt.plane.peer import (
     learn_key_directory,
     link_record,
     load_peer_config,
+    load_plane_keys,
     open_replica,
+)
+from souverix_crdt.plane.planedir import (
+    OFFLINE_DIR,
+    PLANES_DIR,
+    IssuerKeys,
+    PlaneKeys,
+    check_directory_name,
+    is_ceremony,
+    issue_plane_tls,
+    load_issuer,
+    load_offline,
+    load_offline_ca,
+    load_plane,
+    plane_directory,
+    save_ceremony,
+    save_plane_directory,
 )
 from souverix_crdt.plane.topology import (
     Topology,
@@ -71,13 +86,13 @@ from souverix_crdt.plane.topology import (
     parse_topology,
 )
 from souverix_crdt.store.sqlite import SqliteStore
-from souverix_crdt.transports.tls import CA_KEY_FILE, TLS_DIR, key_directory_files
+from souverix_crdt.transports.tls import CA_KEY_FILE, key_directory_files
 
 from . import __version__
 from .authority import Capability, Delegation, Revocation
 from .conflicts import ConflictRecord
 from .document import COLLECTIONS, NotApplied
-from .errors import AuthorityError, ConfigError, SouverixError, UnknownPlaneError
+from .errors import AuthorityError, ConfigError, KeyFileError, SouverixError, UnknownPlaneError
 from .hlc import system_wall_clock
 from .naming import describe_writer
 from .replica import Replica, SyncDebt
@@ -169,7 +184,12 @@ def _replica_options(function: _F) -> _F:
             type=click.Path(dir_okay=False, path_type=Path),
             help="A peer config (plane, key directory and store).",
         ),
-        click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help="Key directory."),
+        click.option(
+            "--keys",
+            "keys_dir",
+            type=click.Path(path_type=Path),
+            help="The plane's directory (or the output of keys init).",
+        ),
         click.option("--plane", help="The control plane whose replica to open."),
         click.option(
             "--store", "store_path", type=click.Path(path_type=Path), help="Its SQLite store."
@@ -189,7 +209,18 @@ def _peer_config(
         return load_peer_config(config_path)
     if keys_dir is None or plane is None or store_path is None:
         raise click.UsageError("give --config FILE, or all of --keys DIR --plane NAME --store FILE")
-    return PeerConfig(plane=plane, keys=keys_dir, store=store_path, source=_OPTIONS_SOURCE)
+    try:
+        directory = plane_directory(keys_dir, plane)
+    except UnknownPlaneError as exc:
+        raise ConfigError(
+            file=_OPTIONS_SOURCE, field="plane", detail=str(exc), reason="reference"
+        ) from exc
+    return PeerConfig(
+        plane=plane,
+        keys=directory,
+        store=store_path,
+        source=_OPTIONS_SOURCE,
+    )
 
 
 @contextlib.contextmanager
@@ -290,10 +321,10 @@ def _print_planes(federation: FederationKeys, topology: Topology | None) -> None
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="The key directory to create.",
+    help="Where to write offline/ (the root keys) and planes/<name>/ (one per plane).",
 )
 @click.option("--seed", help="Derive every key from this seed (demos and tests only).")
-@click.option("--roots", default=1, show_default=True, help="Root keys to pin.")
+@click.option("--roots", default=1, show_default=True, help="Root keys to pin (one file each).")
 @click.option("--quorum", default=1, show_default=True, help="Root signatures per root act.")
 @click.option("--days", default=365, show_default=True, help="Validity of every delegation.")
 @click.option(
@@ -307,6 +338,12 @@ def _print_planes(federation: FederationKeys, topology: Topology | None) -> None
     metavar="HOST",
     help="Also name this host or IP in every TLS certificate (repeat; the plane name always is).",
 )
+@click.option(
+    "--nats-credentials",
+    "nats_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The output of nats credentials: each plane's password file goes into its directory.",
+)
 def keys_init(
     *,
     topology_file: Path | None,
@@ -318,12 +355,15 @@ def keys_init(
     no_root_keys: bool,
     force: bool,
     tls_hosts: tuple[str, ...],
+    nats_dir: Path | None,
 ) -> None:
     """Bootstrap root keys and a delegation for every control plane of TOPOLOGY_FILE.
 
-    Without TOPOLOGY_FILE, the brief's topology (packaged with the library) is used. The
-    topology is copied into the directory, so views and peers read it from there. A TLS CA
-    and a certificate per plane are made too (tls/), for peers configured with ``tls: true``.
+    Writes OUT/offline/ (the root keys, one file each, and the TLS CA's key: keep it off the
+    planes' machines) and OUT/planes/<name>/ for each plane: its one private key, its chain,
+    the fleet's public anchors and chains, the topology and its TLS material. Copy each plane's
+    directory to its machine, and nothing else. Without TOPOLOGY_FILE, the brief's topology
+    (packaged with the library) is used.
     """
     if topology_file is None:
         text = default_topology_text()
@@ -331,13 +371,20 @@ def keys_init(
     else:
         topology = load_topology(topology_file)
         text = topology_file.read_text("utf-8")
-    if (out_dir / "fleet.json").exists() and not force:
+    if ((out_dir / "fleet.json").exists() or is_ceremony(out_dir)) and not force:
         raise click.ClickException(
-            f"{out_dir} already holds keys (fleet.json); pass --force to replace them"
+            f"{out_dir} already holds keys ({OFFLINE_DIR}/fleet.json); pass --force to replace them"
         )
     if not 1 <= quorum <= roots:
         raise click.BadParameter(f"must be between 1 and --roots ({roots})", param_hint="--quorum")
     now = _now_ms()
+    passwords = {}
+    if nats_dir is not None:
+        passwords = {
+            name: nats_dir / f"{name}.password"
+            for name in topology.planes
+            if (nats_dir / f"{name}.password").is_file()
+        }
     with _progress(f"making keys for {len(topology.planes)} control planes"):
         federation = bootstrap_keys(
             topology,
@@ -346,20 +393,22 @@ def keys_init(
             quorum=quorum,
             not_after=None if days == 365 else _window_end(now, days),
         )
-        save_keys(
+        save_ceremony(
             federation,
             out_dir,
             include_roots=not no_root_keys,
-            new_tls_ca=True,
-            tls_hosts=tls_hosts,
-            tls_validity_days=days,
+            topology_text=text,
+            nats_passwords=passwords,
+            hosts=tls_hosts,
+            validity_days=days,
         )
-        (out_dir / TOPOLOGY_FILE).write_text(text, "utf-8")
     _print_planes(federation, None)
-    where = "not written (kept offline)" if no_root_keys else f"in {out_dir / 'roots'}"
+    offline = out_dir / OFFLINE_DIR
+    where = "not written (kept nowhere)" if no_root_keys else f"in {offline}"
     click.echo(
-        f"wrote {out_dir}: {_count(len(federation.planes), 'plane')}; root keys {where}; "
-        f"TLS CA and plane certificates in {out_dir / TLS_DIR}"
+        f"wrote {out_dir}: {_count(len(federation.planes), 'plane directory')} in "
+        f"{out_dir / PLANES_DIR} (copy each to its plane's machine); root keys and the TLS CA "
+        f"key {where} (keep it offline)"
     )
 
 
@@ -372,16 +421,41 @@ def _window_end(now_ms: int, days: int) -> Any:
 
 
 def _load_topology_of(keys_dir: Path) -> Topology | None:
-    path = keys_dir / TOPOLOGY_FILE
-    return load_topology(path) if path.is_file() else None
+    for folder in (keys_dir, keys_dir / OFFLINE_DIR):
+        if (folder / TOPOLOGY_FILE).is_file():
+            return load_topology(folder / TOPOLOGY_FILE)
+    return None
 
 
 _CAPABILITIES: Final = [c.value for c in Capability]
 
+_offline_option: Final = click.option(
+    "--offline",
+    "offline_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The offline directory: the root keys and the TLS CA's private key.",
+)
+
+
+def _new_directory(issuer: IssuerKeys, name: str, out_dir: Path | None, *, replace: bool) -> Path:
+    if out_dir is None:
+        if issuer.ceremony is None:
+            raise click.UsageError("give --out DIR: where to write the plane's directory")
+        out_dir = issuer.ceremony / PLANES_DIR / name
+    if (out_dir / "fleet.json").exists() and not replace:
+        raise click.ClickException(f"{out_dir} already holds keys; give another --out")
+    return out_dir
+
 
 @keys.command("delegate")
-@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--issuer", required=True, help="The plane that delegates (its key signs).")
+@click.option(
+    "--keys",
+    "keys_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The issuer's plane directory (or the output of keys init, with --issuer).",
+)
+@click.option("--issuer", help="The plane that delegates (default: the directory's).")
 @click.option("--scope", required=True, help="The scope path delegated.")
 @click.option(
     "--capability",
@@ -400,24 +474,49 @@ _CAPABILITIES: Final = [c.value for c in Capability]
     show_default=True,
 )
 @click.option("--days", default=365, show_default=True, help="Validity (cut to the issuer's).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the new plane's directory (default: planes/NAME of keys init's output).",
+)
+@_offline_option
 @click.argument("name")
 def keys_delegate(
     *,
     keys_dir: Path,
-    issuer: str,
+    issuer: str | None,
     scope: str,
     capabilities: tuple[str, ...],
     tier: str,
     autonomy: str,
     days: int,
+    out_dir: Path | None,
+    offline_dir: Path | None,
     name: str,
 ) -> None:
-    """Give a new control plane NAME a key and a delegation from plane ISSUER."""
-    federation = load_keys(keys_dir)
+    """Give a new control plane NAME a key and a delegation from the issuer; write its directory.
+
+    Runs at the issuer, with its own plane directory: the new plane's chain is added there
+    too. Its TLS certificate needs the fleet CA's private key (--offline); without it the
+    directory gets the CA certificate only, and `keys tls` issues the certificate later.
+    """
+    if is_ceremony(keys_dir) and issuer is None:
+        raise click.UsageError("give --issuer PLANE: the output of keys init holds every plane")
+    at = load_issuer(keys_dir, issuer=issuer, offline=offline_dir)
+    if at.plane is None:
+        raise click.UsageError(
+            "the root keys delegate only global (keys init); give the issuing plane's directory"
+        )
+    issuer = at.plane.name
+    if name in at.chains:
+        raise click.ClickException(f"a plane called {name!r} exists already")
     target = Scope.parse(scope)
+    # The issuer's own key is the only private key used.
+    own = FederationKeys(at.anchors, {issuer: at.plane.credentials})
     try:
         updated = delegate_plane(
-            federation,
+            own,
             issuer=issuer,
             name=name,
             scope=target,
@@ -431,28 +530,50 @@ def keys_delegate(
         raise click.ClickException(
             f"refused: {issuer} cannot delegate {target} to {name}: {_one_line(exc)}"
         ) from exc
-    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys))
     creds = updated[name]
+    out = _new_directory(at, name, out_dir, replace=False)
+    save_plane_directory(
+        out,
+        at.anchors,
+        creds,
+        at.chains,
+        ca=at.ca(),
+        topology_text=at.topology_text(),
+    )
+    at.record(name, creds.chain)
     click.echo(
         f"delegated {creds.delegation.scope} to {name} (key {creds.key_id[:16]}) by {issuer}; "
-        f"wrote {keys_dir / 'planes' / (name + '.key')}"
+        f"wrote its directory {out}"
     )
-    _say_tls(keys_dir, name)
+    _say_tls(out, name)
 
 
-def _say_tls(keys_dir: Path, name: str) -> None:
-    files = key_directory_files(keys_dir, name)
+def _say_tls(plane_dir: Path, name: str) -> None:
+    files = key_directory_files(plane_dir, name)
     if files.cert.is_file():
         click.echo(f"TLS certificate for {name}: {files.cert}")
     else:
         click.echo(
-            f"no TLS certificate for {name}: the fleet CA's private key ({CA_KEY_FILE}) is not "
-            "in this directory; issue it where the CA key is kept (keys tls)"
+            f"no TLS certificate for {name}: the fleet CA's private key ({CA_KEY_FILE}) is in "
+            "the offline directory; pass --offline DIR, or issue it there later (keys tls)"
         )
 
 
 @keys.command("tls")
-@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--keys",
+    "keys_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The output of keys init, or the offline directory (with --plane-dir).",
+)
+@click.option(
+    "--plane-dir",
+    "plane_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A plane directory to issue a certificate into (repeat; default: all of keys init's).",
+)
 @click.option(
     "--renew", multiple=True, metavar="PLANE", help="Replace this plane's certificate (repeat)."
 )
@@ -460,34 +581,56 @@ def _say_tls(keys_dir: Path, name: str) -> None:
 @click.option("--tls-host", "tls_hosts", multiple=True, metavar="HOST", help="See keys init.")
 @click.option("--days", default=365, show_default=True, help="Validity of new certificates.")
 def keys_tls(
-    *, keys_dir: Path, renew: tuple[str, ...], new_ca: bool, tls_hosts: tuple[str, ...], days: int
+    *,
+    keys_dir: Path,
+    plane_dirs: tuple[Path, ...],
+    renew: tuple[str, ...],
+    new_ca: bool,
+    tls_hosts: tuple[str, ...],
+    days: int,
 ) -> None:
-    """Issue TLS certificates: for planes without one, those given to --renew, or all (--new-ca).
+    """Issue TLS certificates into plane directories: those without one, --renew, or all (--new-ca).
 
-    Needs the TLS CA's private key (roots/tls-ca.key) unless --new-ca makes a new CA.
+    Runs where the offline directory is: it needs the TLS CA's private key
+    (offline/roots/tls-ca.key) unless --new-ca makes a new CA.
     """
-    federation = load_keys(keys_dir)
-    unknown = sorted(set(renew) - set(federation.planes))
+    from souverix_crdt.transports.tls import create_fleet_ca, save_ca  # noqa: PLC0415
+
+    offline = load_offline(keys_dir)
+    folders = {}
+    if is_ceremony(keys_dir):
+        for folder in sorted((keys_dir / PLANES_DIR).iterdir()):
+            if (folder / "fleet.json").is_file():
+                folders[folder.name] = folder
+    for folder in plane_dirs:
+        folders[load_plane(folder).name] = folder
+    unknown = sorted(set(renew) - set(folders))
     if unknown:
         raise click.ClickException(f"--renew: no such plane: {', '.join(unknown)}")
     if days < 1:
         raise click.BadParameter("must be at least 1", param_hint="--days")
-    update = save_tls(
-        federation,
-        keys_dir,
-        include_ca_key=bool(federation.root_keys) or (keys_dir / CA_KEY_FILE).exists(),
-        new_ca=new_ca,
-        renew=renew,
-        hosts=tls_hosts,
-        validity_days=days,
-    )
-    made = "a new TLS CA; " if update.created_ca else ""
-    issued = ", ".join(update.issued) or "none"
-    click.echo(f"{made}certificates issued in {keys_dir / TLS_DIR}: {issued}")
-    if update.unissued:
+    ca_files = key_directory_files(offline.directory, "")
+    if new_ca:
+        ca = create_fleet_ca(offline.anchors.fleet_id)
+        keep = bool(offline.root_keys) or (offline.directory / CA_KEY_FILE).exists()
+        save_ca(ca, ca_files.ca, offline.directory / CA_KEY_FILE if keep else None)
+    else:
+        ca = load_offline_ca(offline.directory)
+    issued, unissued = [], []
+    for name, folder in folders.items():
+        if not (new_ca or name in renew or not key_directory_files(folder, name).cert.exists()):
+            continue
+        if ca.key is None:
+            unissued.append(name)
+            continue
+        issue_plane_tls(ca, folder, name, hosts=tls_hosts, validity_days=days)
+        issued.append(name)
+    made = "a new TLS CA; " if new_ca else ""
+    click.echo(f"{made}certificates issued: {', '.join(issued) or 'none'}")
+    if unissued:
         raise click.ClickException(
-            f"no certificate for {', '.join(update.unissued)}: the TLS CA's private key "
-            f"({CA_KEY_FILE}) is not in this directory"
+            f"no certificate for {', '.join(unissued)}: the TLS CA's private key "
+            f"({CA_KEY_FILE}) is not in {offline.directory}"
         )
 
 
@@ -502,17 +645,18 @@ def _parse_cut(items: tuple[str, ...]) -> dict[str, int]:
 
 
 def _cut(
-    federation: FederationKeys, plane: str, items: tuple[str, ...], store: Path | None
+    issuer: IssuerKeys, plane: str, items: tuple[str, ...], store: Path | None
 ) -> dict[str, int]:
     cut = _parse_cut(items)
     if store is not None:
         if not store.is_file():
             raise click.ClickException(f"{store}: no such store (--cut-from)")
-        if plane not in federation.planes:
-            raise click.ClickException(f"no plane {plane!r} in the key directory")
+        if plane not in issuer.chains:
+            raise click.ClickException(f"no plane {plane!r} known in {issuer.directory}")
         opened = SqliteStore.open(store)
         try:
-            for scope, seq in cut_from_store(opened, federation[plane].key_id).items():
+            key_id = issuer.chains[plane][-1].subject.key_id
+            for scope, seq in cut_from_store(opened, key_id).items():
                 cut.setdefault(scope, seq)
         finally:
             opened.close()
@@ -561,8 +705,36 @@ def _with_cut_options(function: _F) -> _F:
     return function
 
 
+_issuer_keys_option: Final = click.option(
+    "--keys",
+    "keys_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The issuer's plane directory, the offline directory (the roots issue), or the "
+    "output of keys init.",
+)
+
+
+def _issuer_for(keys_dir: Path, plane: str, offline_dir: Path | None) -> IssuerKeys:
+    check_directory_name(plane)  # refuses "../x" before any file is touched
+    return load_issuer(keys_dir, target=plane, offline=offline_dir)
+
+
+def _save_revocation(issuer: IssuerKeys, revocation: Revocation, *extra: Path) -> Path:
+    path = save_revocation(issuer.directory, revocation)
+    others = [issuer.offline, *extra]
+    if issuer.ceremony is not None:
+        # Every plane directory at hand learns it now, as each would from its peers.
+        others += sorted(p for p in (issuer.ceremony / PLANES_DIR).iterdir() if p.is_dir())
+    for folder in dict.fromkeys(f for f in others if f is not None):
+        if folder != issuer.directory:
+            save_revocation(folder, revocation)
+    return path
+
+
 @keys.command("revoke")
-@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@_issuer_keys_option
+@_offline_option
 @_with_cut_options
 @click.option(
     "--keep-children/--no-keep-children",
@@ -574,57 +746,88 @@ def _with_cut_options(function: _F) -> _F:
 def keys_revoke(
     *,
     keys_dir: Path,
+    offline_dir: Path | None,
     cut_items: tuple[str, ...],
     cut_from: Path | None,
     apply_to: tuple[Path, ...],
     keep_children: bool,
     plane: str,
 ) -> None:
-    """Revoke PLANE's key, signed by the plane that delegated it.
+    """Revoke PLANE's key, signed by the plane that delegated it (at that plane).
 
-    Writes that the cut does not cover stop counting on every replica that learns the
-    revocation. Without --cut or --cut-from, none of the key's writes count any more.
+    The revocation file is written into the issuer's directory (revocations/), where its
+    peer process learns it at start and passes it on. Writes that the cut does not cover stop
+    counting on every replica that learns it. Without --cut or --cut-from, none of the key's
+    writes count any more.
     """
-    federation = load_keys(keys_dir)
-    cut = _cut(federation, plane, cut_items, cut_from)
-    revocation = revoke_plane(
-        federation, plane, cut=cut, now_ms=_now_ms(), keep_children=keep_children
+    issuer = _issuer_for(keys_dir, plane, offline_dir)
+    cut = _cut(issuer, plane, cut_items, cut_from)
+    revocation = revoke_known(
+        issuer.anchors.fleet_id,
+        issuer.chains,
+        plane,
+        issuer.signers(plane),
+        cut=cut,
+        now_ms=_now_ms(),
+        keep_children=keep_children,
     )
-    path = save_revocation(keys_dir, revocation)
+    path = _save_revocation(issuer, revocation)
     shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
     click.echo(f"revoked {plane} (key {revocation.revoked[:16]}); cut {shown}; wrote {path}")
     _apply(apply_to, [], revocation)
 
 
 @keys.command("rotate")
-@click.option("--keys", "keys_dir", required=True, type=click.Path(path_type=Path))
+@_issuer_keys_option
+@_offline_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the plane's new directory (default: its folder in keys init's output).",
+)
 @_with_cut_options
 @click.argument("plane")
 def keys_rotate(
     *,
     keys_dir: Path,
+    offline_dir: Path | None,
+    out_dir: Path | None,
     cut_items: tuple[str, ...],
     cut_from: Path | None,
     apply_to: tuple[Path, ...],
     plane: str,
 ) -> None:
-    """Give PLANE a new key with the same authority, and revoke the old one.
+    """Give PLANE a new key with the same authority, and revoke the old one (at its issuer).
 
-    Pass --cut-from with the plane's own store so that everything it wrote so far still
-    counts; restart its peer process afterwards, so that it writes with the new key.
+    Writes the plane's new directory (copy it over the old one on the plane's machine) and the
+    revocation into the issuer's. Pass --cut-from with the plane's own store so that
+    everything it wrote so far still counts; restart its peer process afterwards, so that it
+    writes with the new key.
     """
-    federation = load_keys(keys_dir)
-    cut = _cut(federation, plane, cut_items, cut_from)
-    old = federation[plane].key_id
-    updated, delegation, revocation = rotate_plane(federation, plane, cut=cut, now_ms=_now_ms())
-    save_keys(updated, keys_dir, include_roots=bool(updated.root_keys), renew_tls=(plane,))
-    path = save_revocation(keys_dir, revocation)
+    issuer = _issuer_for(keys_dir, plane, offline_dir)
+    cut = _cut(issuer, plane, cut_items, cut_from)
+    old = issuer.chains[plane][-1].subject.key_id
+    creds, delegation, revocation = rotate_known(
+        issuer.chains, plane, issuer.signers(plane), cut=cut, now_ms=_now_ms()
+    )
+    out = _new_directory(issuer, plane, out_dir, replace=True)
+    save_plane_directory(
+        out,
+        issuer.anchors,
+        creds,
+        issuer.chains,
+        ca=issuer.ca(),
+        topology_text=issuer.topology_text(),
+    )
+    issuer.record(plane, creds.chain)
+    path = _save_revocation(issuer, revocation, out)
     shown = ", ".join(f"{s}={q}" for s, q in sorted(cut.items())) or "none"
     click.echo(
-        f"rotated {plane}: key {old[:16]} -> {updated[plane].key_id[:16]}; old key revoked "
-        f"(cut {shown}); wrote {path}"
+        f"rotated {plane}: key {old[:16]} -> {creds.key_id[:16]}; old key revoked "
+        f"(cut {shown}); wrote {path} and the plane's new directory {out}"
     )
-    _say_tls(keys_dir, plane)
+    _say_tls(out, plane)
     _apply(apply_to, [delegation], revocation)
 
 
@@ -729,9 +932,9 @@ def peer_write(
     config = _peer_config(config_path, keys_dir, plane, store_path)
     parsed = _parse_value(value, as_json=as_json)
     target = Scope.parse(scope)
-    federation = load_keys(config.keys)
+    plane_keys = load_plane_keys(config)
     with _opened(config, create=True) as replica:
-        learn_key_directory(replica, federation, config.keys)
+        learn_key_directory(replica, plane_keys, config.keys)
         try:
             receipt = replica.scope(target).collection(collection).set(key, parsed)
         except AuthorityError as exc:
@@ -811,24 +1014,34 @@ def peer_get(
 def _view_configs(
     configs: tuple[Path, ...], keys_dir: Path | None, stores_dir: Path | None
 ) -> tuple[Path, dict[str, PeerConfig]]:
+    """The replicas to read, each with its own plane directory, and where the topology is."""
     found: dict[str, PeerConfig] = {}
-    key_dirs = set()
     for path in configs:
         config = load_peer_config(path)
         found[config.plane] = config
-        key_dirs.add(config.keys.resolve())
     if keys_dir is None:
-        if len(key_dirs) != 1:
-            raise click.UsageError("give --keys DIR, or --config files sharing one key directory")
-        keys_dir = next(iter(key_dirs))
+        if not found:
+            raise click.UsageError("give --keys DIR with --stores, or one --config per plane")
+        keys_dir = next(iter(found.values())).keys
     if stores_dir is not None:
         for store in sorted(stores_dir.glob("*.sqlite3")):
+            try:
+                check_directory_name(store.stem)
+            except SouverixError:
+                continue  # not a plane's store: its name could not be a plane's directory
             found.setdefault(
                 store.stem,
-                PeerConfig(plane=store.stem, keys=keys_dir, store=store, source=str(store)),
+                PeerConfig(
+                    plane=store.stem,
+                    keys=plane_directory(keys_dir, store.stem),
+                    store=store,
+                    source=str(store),
+                ),
             )
     if not found:
         raise click.UsageError("give --stores DIR or one --config per plane to read")
+    if is_ceremony(keys_dir):
+        keys_dir = keys_dir / OFFLINE_DIR
     return keys_dir, found
 
 
@@ -864,7 +1077,13 @@ def _link_statuses(topology: Topology, replicas: Mapping[str, Replica]) -> dict[
     type=click.Path(dir_okay=False, path_type=Path),
     help="A peer config whose store to read (repeat, one per plane).",
 )
-@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), help="Key directory.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(path_type=Path),
+    help="The output of keys init (each store opened with its plane's directory), or a plane "
+    "directory.",
+)
 @click.option(
     "--stores",
     "stores_dir",
@@ -904,13 +1123,21 @@ def view(
             f"no store for {viewer}: the view is computed at its replica (give its --config, "
             f"or --stores with {viewer}.sqlite3)"
         )
-    federation = load_keys(keys_dir)
     replicas: dict[str, Replica] = {}
     try:
         for name, config in found.items():
-            if name in topology.planes and name in federation.planes:
-                with _progress(f"reading {name} ({config.store})"):
-                    replicas[name] = open_replica(config, keys=federation, create=False)
+            if name not in topology.planes:
+                continue
+            try:
+                # Each store is opened with its own plane's directory; a plane directory
+                # holds only its own key, so the others' stores beside it are skipped.
+                plane_keys = load_plane_keys(config)
+            except (ConfigError, KeyFileError):
+                if name == viewer:
+                    raise
+                continue
+            with _progress(f"reading {name} ({config.store})"):
+                replicas[name] = open_replica(config, keys=plane_keys, create=False)
         statuses = _link_statuses(topology, replicas)
         result = fleet_view(replicas[viewer], topology, statuses, root=region)
     finally:
@@ -930,15 +1157,15 @@ def bundle() -> None:
     """The air-gapped procedure: bundles out, receipts back."""
 
 
-def _neighbours(federation: FederationKeys, plane: str) -> list[str]:
+def _neighbours(keys: PlaneKeys, plane: str) -> list[str]:
     """The planes ``plane`` syncs with: the one above it and those below, in the delegations."""
-    if plane not in federation.planes:
+    if plane not in keys.chains:
         return []
-    own = federation[plane].chain
+    own = keys.chains[plane]
     found = []
-    for name, creds in federation.planes.items():
-        above = creds.chain[:-1] == own  # plane delegated to it
-        below = own[:-1] == creds.chain  # it delegated to plane
+    for name, chain in keys.chains.items():
+        above = chain[:-1] == own  # plane delegated to it
+        below = own[:-1] == chain  # it delegated to plane
         if name != plane and (above or below):
             found.append(name)
     return found
@@ -970,13 +1197,13 @@ def bundle_export(
     from souverix_crdt.transports.bundle import export_bundle, read_receipt  # noqa: PLC0415
 
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    federation = load_keys(config.keys)
-    if peer_name not in federation.planes:
+    plane_keys = load_plane_keys(config)
+    if peer_name not in plane_keys.chains:
         raise click.BadParameter(
-            str(UnknownPlaneError(peer_name, federation.planes, where=str(config.keys))),
+            str(UnknownPlaneError(peer_name, plane_keys.chains, where=str(config.keys))),
             param_hint="--peer",
         )
-    neighbours = _neighbours(federation, config.plane)
+    neighbours = _neighbours(plane_keys, config.plane)
     if peer_name not in neighbours:
         raise click.BadParameter(
             f"{peer_name} is not a plane {config.plane} syncs with: bundles go to the plane "
@@ -991,7 +1218,7 @@ def bundle_export(
             out_file,
             peer=peer_name,
             peer_frontiers=receipt,
-            peer_scope=federation[peer_name].delegation.scope,
+            peer_scope=plane_keys.chains[peer_name][-1].scope,
             limit=limit,
         )
     more = "" if info.complete else " (limit reached: export again after its receipt)"

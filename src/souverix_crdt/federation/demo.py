@@ -35,7 +35,8 @@ import attrs
 from souverix_crdt.conflicts import ConflictRecord
 from souverix_crdt.envelope import chain_writer
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.plane.keyring import bootstrap_keys, save_keys
+from souverix_crdt.plane.keyring import bootstrap_keys
+from souverix_crdt.plane.planedir import save_ceremony
 from souverix_crdt.plane.topology import Topology, default_topology, format_duration
 
 from .inventory import NodeReport, node_reports
@@ -234,7 +235,8 @@ def _play(say: _Printer, folder: Path, seed: int, *, color: bool) -> DemoResult:
         not_before=Timestamp(START_MS - 86_400_000),
         not_after=Timestamp(START_MS + 365 * 86_400_000),
     )
-    save_keys(keys, folder / "keys")
+    # As keys init writes them: the roots offline, one directory per plane.
+    save_ceremony(keys, folder / "keys")
     manager = FederationManager(topology, keys, wall_clock=clock, seed=seed)
     fleet = _Fleet(manager, clock)
     bundles = folder / "bundles"

@@ -28,7 +28,7 @@ What a revocation keeps
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -59,10 +59,15 @@ __all__ = [
     "cut_from_store",
     "delegate_plane",
     "issuer_keys",
+    "issuer_name",
+    "known_children",
     "load_revocations",
+    "revoke_known",
     "revoke_plane",
+    "rotate_known",
     "rotate_plane",
     "save_revocation",
+    "signers_of",
 ]
 
 #: Where a key directory keeps the topology it was made for.
@@ -292,3 +297,131 @@ def load_revocations(directory: str | Path) -> list[bytes]:
             raise KeyFileError(f"not a revocation: {exc}", path=str(path), reason="format") from exc
         items.append(data)
     return items
+
+
+# --------------------------------------------------------------------------- per-plane directories
+
+
+def issuer_name(chains: Mapping[str, tuple[Delegation, ...]], name: str) -> str | None:
+    """The plane whose key issued plane ``name``'s delegation; ``None`` for the root keys.
+
+    Raises:
+        KeyFileError: ``name``'s chain is unknown, or its issuer is no plane of ``chains``.
+    """
+    try:
+        leaf = chains[name][-1]
+    except KeyError:
+        known = ", ".join(chains)
+        raise KeyFileError(f"no plane {name!r} known here (planes: {known})", path=name) from None
+    if not leaf.parent:
+        return None
+    for plane, chain in chains.items():
+        if chain[-1].subject.key_id in leaf.issuers:
+            return plane
+    raise KeyFileError(
+        f"the key that delegated {name} ({leaf.issuers[0]}) is no plane's any more",
+        path=name,
+        reason="missing",
+    )
+
+
+def signers_of(
+    chains: Mapping[str, tuple[Delegation, ...]],
+    name: str,
+    *,
+    plane: PlaneCredentials | None = None,
+    root_keys: Iterable[SigningKey] = (),
+    quorum: int = 1,
+) -> tuple[SigningKey, ...]:
+    """The key(s) that may sign for plane ``name``: its issuer's, from what is at hand.
+
+    Args:
+        chains: The public chains known (``name``'s among them).
+        name: The plane acted on.
+        plane: The issuer's own credentials (its plane directory), if the issuer is a plane.
+        root_keys: The root keys at hand (the offline directory), if the issuer is the roots.
+        quorum: How many root keys a root act needs.
+
+    Raises:
+        KeyFileError: the key at hand is not ``name``'s issuer (``reason="issuer"``), or
+            fewer than ``quorum`` of the roots that issued it are at hand.
+    """
+    leaf = chains[name][-1] if name in chains else None
+    issuer = issuer_name(chains, name)
+    assert leaf is not None  # issuer_name raised otherwise
+    if issuer is None:
+        roots = [key for key in root_keys if key.key_id in leaf.issuers]
+        if len(roots) < quorum:
+            raise KeyFileError(
+                f"{name} is delegated by the root keys: run this with the offline directory, "
+                f"holding at least {quorum} of them",
+                path="roots",
+                reason="missing",
+            )
+        return tuple(roots[:quorum])
+    if plane is None or plane.key_id not in leaf.issuers:
+        raise KeyFileError(
+            f"{name} is delegated by {issuer}: run this with {issuer}'s directory",
+            path=name,
+            reason="issuer",
+        )
+    return (plane.key,)
+
+
+def known_children(chains: Mapping[str, tuple[Delegation, ...]], name: str) -> list[Delegation]:
+    """The delegations plane ``name``'s key issued, among the known public chains."""
+    key_id = chains[name][-1].subject.key_id
+    issued: dict[bytes, Delegation] = {}
+    for chain in chains.values():
+        for link in chain:
+            if key_id in link.issuers:
+                issued[link.digest] = link
+    return list(issued.values())
+
+
+def revoke_known(
+    fleet_id: str,
+    chains: Mapping[str, tuple[Delegation, ...]],
+    name: str,
+    signers: Sequence[SigningKey],
+    *,
+    cut: Mapping[str, int],
+    now_ms: int,
+    keep_children: bool = True,
+) -> Revocation:
+    """Revoke plane ``name``'s key (its public chain is enough), signed by ``signers``."""
+    return issue_revocation(
+        signers,
+        fleet_id=fleet_id,
+        revoked=chains[name][-1].subject,
+        cut=dict(cut),
+        hlc=Timestamp(now_ms),
+        kept=known_children(chains, name) if keep_children else (),
+    )
+
+
+def rotate_known(
+    chains: Mapping[str, tuple[Delegation, ...]],
+    name: str,
+    signers: Sequence[SigningKey],
+    *,
+    cut: Mapping[str, int],
+    now_ms: int,
+    key: SigningKey | None = None,
+) -> tuple[PlaneCredentials, Delegation, Revocation]:
+    """Move plane ``name``'s authority to a new key, signed by ``signers`` (its issuer).
+
+    Returns:
+        The plane's new credentials, its new delegation and the revocation of the old key.
+    """
+    chain = chains[name]
+    new_key = SigningKey.generate() if key is None else key
+    delegation, revocation = rotate_key(
+        signers,
+        chain[-1],
+        new_key.public,
+        cut=dict(cut),
+        hlc=Timestamp(now_ms),
+        kept=known_children(chains, name),
+    )
+    return PlaneCredentials(name, new_key, (*chain[:-1], delegation)), delegation, revocation

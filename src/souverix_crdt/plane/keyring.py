@@ -409,11 +409,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_keys(directory: str | Path) -> FederationKeys:
     """Load what :func:`save_keys` wrote, checking permissions and every chain.
 
+    Given the whole output of ``keys init`` (``offline/`` and one ``planes/<name>/`` per
+    plane, :mod:`~souverix_crdt.plane.planedir`), it gathers the root keys and every plane
+    directory's key: for tools and tests that act as the whole fleet. A plane's own commands
+    read only its directory (:func:`~souverix_crdt.plane.planedir.load_plane`).
+
     Raises:
         KeyFileError: a file is missing or malformed, a private key is readable by others, or a
             chain does not verify against the anchors.
     """
     root = Path(directory)
+    if (root / "offline" / "fleet.json").is_file() and (root / "planes").is_dir():
+        return _load_ceremony(root)
     fleet_path = root / "fleet.json"
     fleet = _read_json(fleet_path)
     if fleet.get("format") != _FORMAT:
@@ -448,3 +455,15 @@ def load_keys(directory: str | Path) -> FederationKeys:
             ) from exc
         planes[name] = creds
     return FederationKeys(anchors, types.MappingProxyType(planes), root_keys)
+
+
+def _load_ceremony(root: Path) -> FederationKeys:
+    from .planedir import OFFLINE_DIR, PLANES_DIR, load_offline, load_plane  # noqa: PLC0415
+
+    offline = load_offline(root / OFFLINE_DIR)
+    planes: dict[str, PlaneCredentials] = {}
+    folders = {path.name for path in (root / PLANES_DIR).iterdir() if path.is_dir()}
+    for name in dict.fromkeys([*offline.chains, *sorted(folders)]):
+        if name in folders:
+            planes[name] = load_plane(root / PLANES_DIR / name).credentials
+    return FederationKeys(offline.anchors, types.MappingProxyType(planes), offline.root_keys)

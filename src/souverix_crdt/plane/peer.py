@@ -4,7 +4,7 @@
 relative paths are read from the file's own folder::
 
     plane: region-a                     # the control plane this process runs (its key)
-    keys: keys                          # the key directory (souverix-crdt keys init)
+    keys: keys/planes/region-a          # the plane's own directory (souverix-crdt keys init)
     store: data/region-a.sqlite3        # the replica's SQLite store (created if missing)
     transport: tcp                      # tcp (the default) or nats
     listen: 127.0.0.1:7302              # tcp: where downstream planes connect (host: loopback)
@@ -25,6 +25,13 @@ relative paths are read from the file's own folder::
       idle_timeout: 5m                  # silence after which a connection is closed
       max_frame: 16777216               # bytes
 
+Keys
+    ``keys:`` names the plane's own directory (:mod:`~.plane.planedir`): its one private key,
+    the fleet's anchors and the public chains. Nothing else is read, so the machine holds no
+    other plane's key. Naming the whole output of ``keys init`` instead reads
+    ``planes/<plane>/`` in it. The plane's name must be a valid plane name (no ``/``, no
+    ``..``): it becomes a path.
+
 Limits
     ``limits:`` overrides the budgets of :class:`~.limits.Limits` for this process, by their
     field names; durations (``handshake_timeout``, ``idle_timeout``) are written like
@@ -41,8 +48,8 @@ Limits
     hard limit) to hold ``max_connections``, and says so when it cannot.
 
 TLS (TCP only)
-    ``tls: true`` runs every connection inside TLS 1.3 with the key directory's material
-    (``keys/tls/ca.pem``, ``keys/tls/<plane>.pem`` and ``.key``, made by ``keys init``), mutual:
+    ``tls: true`` runs every connection inside TLS 1.3 with the plane directory's material
+    (``tls/ca.pem``, ``tls/<plane>.pem`` and ``.key`` in it, made by ``keys init``), mutual:
     the server requires a client certificate from the fleet CA and the dialler checks that
     the server's certificate names the upstream plane. Other files, or one-way TLS::
 
@@ -127,7 +134,8 @@ from souverix_crdt.transports.tls import client_context, key_directory_files, se
 
 from .backoff import Backoff
 from .keydir import load_revocations
-from .keyring import FederationKeys, load_keys
+from .keyring import FederationKeys
+from .planedir import PlaneKeys, load_plane, plane_directory
 from .topology import parse_duration
 
 __all__ = [
@@ -141,6 +149,7 @@ __all__ = [
     "learn_key_directory",
     "link_record",
     "load_peer_config",
+    "load_plane_keys",
     "open_replica",
     "parse_peer_config",
     "tls_contexts",
@@ -566,8 +575,8 @@ def tls_contexts(config: PeerConfig) -> tuple[SSLContext | None, SSLContext | No
     except KeyFileError as exc:
         detail = str(exc)
         if tls.shorthand and exc.reason == "missing":
-            detail += " (make the key directory's TLS material: souverix-crdt keys tls --keys "
-            detail += f"{config.keys})"
+            detail += " (issue it where the offline directory is: souverix-crdt keys tls --keys "
+            detail += f"OFFLINE_DIR --plane-dir {config.keys})"
         raise ConfigError(
             file=config.source, field=tls.field_of(exc.path), detail=detail, reason=exc.reason
         ) from exc
@@ -596,7 +605,14 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
     folder = Path() if base is None else base
     plane = read.text(top["plane"], "plane")
     links = _links(read, top, plane, dialled=top.get("transport", "tcp") == "tcp")
-    keys = folder / read.text(top["keys"], "keys")
+    try:
+        # The plane's own directory; the whole output of keys init resolves to the plane's
+        # folder in it. The name becomes a path: "../x" is refused here.
+        keys = plane_directory(folder / read.text(top["keys"], "keys"), plane)
+    except UnknownPlaneError as exc:
+        raise read.fail("plane", str(exc), "reference") from exc
+    except KeyFileError as exc:
+        raise read.fail("plane", str(exc), "value") from exc
     sync = _sync(read, top.get("sync"))
     return PeerConfig(
         plane=plane,
@@ -634,14 +650,31 @@ def load_peer_config(path: str | Path) -> PeerConfig:
 # --------------------------------------------------------------------------- replicas
 
 
+def load_plane_keys(config: PeerConfig) -> PlaneKeys:
+    """Read the plane directory a peer config names: its one private key and public chains.
+
+    Raises:
+        ConfigError: the directory is another plane's, or the plane's name is not valid.
+        KeyFileError: the directory cannot be read or trusted.
+    """
+    try:
+        return load_plane(config.keys, config.plane)
+    except KeyFileError as exc:
+        if exc.reason not in ("plane", "name"):
+            raise
+        raise ConfigError(
+            file=config.source, field="plane", detail=str(exc), reason="reference"
+        ) from exc
+
+
 def open_replica(
-    config: PeerConfig, *, keys: FederationKeys | None = None, create: bool = True
+    config: PeerConfig, *, keys: PlaneKeys | FederationKeys | None = None, create: bool = True
 ) -> Replica:
     """Open the plane's replica over its SQLite store, writing as the plane's key.
 
     Args:
         config: The peer config.
-        keys: The key directory, if already loaded.
+        keys: The plane directory, if already loaded (or a whole fleet's keys, in tests).
         create: Create the store (and its folder) when missing; else a missing store is an
             error, so that a typo does not silently show an empty replica.
 
@@ -650,13 +683,22 @@ def open_replica(
         KeyFileError: the key directory cannot be read or trusted.
         StoreError: the store cannot be opened.
     """
-    federation = load_keys(config.keys) if keys is None else keys
-    if config.plane not in federation.planes:
-        unknown = UnknownPlaneError(
-            config.plane, federation.planes, where=f"the key directory {config.keys}"
-        )
+    if isinstance(keys, FederationKeys):
+        if config.plane not in keys.planes:
+            unknown = UnknownPlaneError(
+                config.plane, keys.planes, where=f"the key directory {config.keys}"
+            )
+            raise ConfigError(
+                file=config.source, field="plane", detail=str(unknown), reason="reference"
+            )
+        keys = PlaneKeys.of(keys, config.plane, config.keys)
+    plane_keys = load_plane_keys(config) if keys is None else keys
+    if plane_keys.name != config.plane:
         raise ConfigError(
-            file=config.source, field="plane", detail=str(unknown), reason="reference"
+            file=config.source,
+            field="plane",
+            detail=f"{plane_keys.directory} is {plane_keys.name}'s directory, not {config.plane}'s",
+            reason="reference",
         )
     if create:
         config.store.parent.mkdir(parents=True, exist_ok=True)
@@ -670,8 +712,8 @@ def open_replica(
     store = SqliteStore.open(config.store)
     try:
         return Replica(
-            federation.identity(config.plane),
-            federation.anchors,
+            plane_keys.identity,
+            plane_keys.anchors,
             store,
             name=config.plane,
             limits=config.limits,
@@ -681,14 +723,21 @@ def open_replica(
         raise
 
 
-def learn_key_directory(replica: Replica, keys: FederationKeys, directory: str | Path) -> int:
+def learn_key_directory(
+    replica: Replica, keys: PlaneKeys | FederationKeys, directory: str | Path
+) -> int:
     """Teach ``replica`` every delegation and revocation of a key directory; return how many new.
 
     Peers would learn them from each other's hellos anyway; learning them at start means no
     envelope of a known plane ever waits for its delegation, and a revocation an operator
     dropped into the directory takes effect even before any session runs.
     """
-    delegations = {link.digest: link.encode() for c in keys.planes.values() for link in c.chain}
+    chains = (
+        [c.chain for c in keys.planes.values()]
+        if isinstance(keys, FederationKeys)
+        else list(keys.chains.values())
+    )
+    delegations = {link.digest: link.encode() for chain in chains for link in chain}
     learned = replica.add_delegations(delegations.values())
     return learned + replica.add_revocations(load_revocations(directory))
 
@@ -805,7 +854,7 @@ class PeerProcess:
         config = self.config
         # TLS files are checked first: a bad one names its field before the store is touched.
         self._server_tls, self._client_tls = tls_contexts(config)
-        keys = load_keys(config.keys)
+        keys = load_plane_keys(config)
         replica = open_replica(config, keys=keys)
         self.replica = replica
         try:
@@ -818,8 +867,8 @@ class PeerProcess:
             for link in config.peers:
                 # Sync debt towards every configured peer is kept from now on, not only once
                 # its first session says hello.
-                if link.name in keys.planes:
-                    replica.register_peer(link.name, [keys.planes[link.name].delegation.scope])
+                if link.name in keys.chains:
+                    replica.register_peer(link.name, [keys.chains[link.name][-1].scope])
             if config.transport == "tcp":
                 await self._start_tcp()
             else:
