@@ -25,6 +25,7 @@ from souverix_crdt.plane.peer import (
     open_replica,
     parse_peer_config,
 )
+from souverix_crdt.plane.planedir import load_plane
 from souverix_crdt.transports.tls import check_key_pair, load_certificate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers"
@@ -663,7 +664,7 @@ def test_status_names_what_a_chain_with_a_gap_is_missing(fleet: Path) -> None:
         edge.close()
     region = open_replica(region_config)
     try:
-        learn_key_directory(region, load_keys(region_config.keys), region_config.keys)
+        learn_key_directory(region, load_plane(region_config.keys), region_config.keys)
         results = region.ingest_many([envelopes[0], envelopes[2], envelopes[3]])
         assert [r.outcome.value for r in results] == ["applied", "pending", "pending"]
     finally:
