@@ -7,9 +7,11 @@ schedule and a killed peer turning stale within its timeout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,12 @@ import yaml
 from click.testing import CliRunner
 
 from souverix_crdt.cli import cli
-from souverix_crdt.errors import ConfigError
+from souverix_crdt.errors import ConfigError, UnknownPlaneError
+from souverix_crdt.plane.backoff import Backoff
 from souverix_crdt.plane.peer import (
+    PeerConfig,
+    PeerLink,
+    PeerProcess,
     link_record,
     load_peer_config,
     open_replica,
@@ -28,7 +34,7 @@ from souverix_crdt.plane.peer import (
 )
 from souverix_crdt.plane.schedule import LinkState, link_state
 from souverix_crdt.plane.topology import Direction, SyncMode
-from tests.test_example_peers import Peers, free_ports
+from tests.test_example_peers import SCRIPT, Peers, free_ports
 
 TOPOLOGY = Path(__file__).resolve().parents[1] / "examples" / "tcp-peers" / "topology.yaml"
 REGION = "global/region-a"
@@ -200,11 +206,17 @@ def test_an_air_gapped_plane_given_an_upstream_never_dials_it(tmp_path: Path) ->
                 }
             )
         )
-        result = CliRunner().invoke(
-            cli, ["peer", "run", "--config", str(tmp_path / "edge-b1.yaml")]
+        # A real process, bounded: without the refusal it would run (and dial) until killed.
+        result = subprocess.run(
+            [SCRIPT, "peer", "run", "--config", "edge-b1.yaml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
         )
-        assert result.exit_code != 0
-        assert "upstream: edge-b1 is air-gapped" in result.output
+        assert result.returncode != 0
+        assert "upstream: edge-b1 is air-gapped" in result.stderr + result.stdout
         with pytest.raises(TimeoutError):
             listener.accept()
     assert not (tmp_path / "data" / "edge-b1.sqlite3").exists()
@@ -409,3 +421,69 @@ def test_a_peer_that_stops_shows_disconnected_within_the_timeout(
     wait_until(peers, lambda: state("region-a", "edge-a1") == LinkState.NO, "region-a sees it")
     table = CliRunner().invoke(cli, ["status", "--config", str(tmp_path / "edge-a1.yaml")])
     assert "stale (confirmed" in table.output
+
+
+# --------------------------------------------------------------------------- connectivity
+
+
+def test_the_connectivity_hook_takes_a_running_link_down_and_up(tmp_path: Path) -> None:
+    keys = keys_init(tmp_path)
+    lines: list[str] = []
+    upper = PeerConfig(
+        plane="region-a",
+        keys=keys,
+        store=tmp_path / "r.sqlite3",
+        listen_port=0,
+        downstream=(PeerLink(name="edge-a1"),),
+        tick_s=0.2,
+        watch_s=0.02,
+    )
+
+    async def until(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not condition():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}: {lines}"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        region = PeerProcess(upper, log=lines.append)
+        await region.start()
+        assert region.port
+        lower = PeerConfig(
+            plane="edge-a1",
+            keys=keys,
+            store=tmp_path / "e.sqlite3",
+            upstream=PeerLink(name="region-a", host="127.0.0.1", port=region.port),
+            tick_s=0.2,
+            watch_s=0.02,
+            retry=Backoff(initial=0.05, maximum=0.2),
+        )
+        edge = PeerProcess(lower, log=lines.append)
+        await edge.start()
+        try:
+            assert region.replica is not None
+            assert edge.replica is not None
+            edge_replica = edge.replica
+            await until(lambda: "edge-a1: synced with region-a" in "\n".join(lines), "a sync")
+            with pytest.raises(UnknownPlaneError):
+                region.set_link_state("edge-a9", False)
+            region.set_link_state("edge-a1", False)
+            assert not region.link_up("edge-a1")
+            await until(
+                lambda: link_state(link_record(edge_replica, "region-a"), 0) == LinkState.NO,
+                "the session to close",
+            )
+            region.replica.scope(REGION).policies.set("window", "sun")
+            # Down: the edge keeps redialling, and every session is refused.
+            await until(
+                lambda: "refusing a session with 'edge-a1': the link is down" in "\n".join(lines),
+                "a refused session",
+            )
+            assert edge_replica.get(REGION, "policies", "window") is None
+            region.set_link_state("edge-a1", True)
+            await until(lambda: edge_replica.get(REGION, "policies", "window") == "sun", "the sync")
+        finally:
+            await edge.stop()
+            await region.stop()
+
+    asyncio.run(scenario())
