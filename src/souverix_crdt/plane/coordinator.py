@@ -18,6 +18,8 @@ Modes (the brief's ``SyncStrategy``):
 ``PUSH``
     Like ``SCHEDULED``, and also as soon as this replica makes or accepts an envelope the
     peer's scope is interested in (the "region pushes down" of the brief).
+    With ``wake_on_write=False`` (as ``peer run`` runs it) a push link keeps to its schedule
+    alone.
 ``OPPORTUNISTIC``
     Keep a live session open, but only while the connectivity hook says the link is up; such a
     link starts *down* until the embedding service says otherwise.

@@ -12,12 +12,16 @@ relative paths are read from the file's own folder::
                                         # or {url: ..., user: region-a, password_file: PATH}
     upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
     downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
+                                        # a link entry may set mode, frequency, batch_size,
+                                        # retry (see :mod:`~.schedule`)
+    topology: keys/topology.yaml        # the links' policies (default: the key directory's)
     tls: true                           # tcp: mutual TLS with the key directory's certificates
     sync:                               # all optional
       batch_size: 100
       tick: 5s                          # silence after which a session re-sends its hello
       retry: {initial: 200ms, maximum: 5s}
       watch: 250ms                      # how often the store is checked for outside writes
+      link_timeout: 15s                 # unheard for this long: the link is not shown connected
     limits:                             # all optional: any field of souverix_crdt.limits.Limits
       max_connections: 512              # connections served at once, in all
       max_connections_per_address: 64   # ... and from one remote address
@@ -51,6 +55,14 @@ TLS (TCP only)
     With mutual TLS a server also checks that the plane a client's certificate names is the
     plane its session authenticates as, and refuses the session otherwise.
 
+Link policies
+    Each link syncs by the mode, frequency, batch size and retry policy the topology declares,
+    overridden by its entry here (:mod:`~.schedule` resolves them). Continuous links run the
+    session loop below; push, scheduled and opportunistic links this plane opens are run by a
+    :class:`~.coordinator.SyncCoordinator`, whose sessions close once caught up. An air-gapped
+    plane, or a link to one, is refused as a network link: bundle files carry it.
+    :meth:`PeerProcess.set_link_state` is the connectivity hook.
+
 Sessions
     Over TCP the lower plane dials its upstream (:func:`~.transports.tcp.connect_with_backoff`)
     and the upper plane serves (:class:`~.transports.tcp.TcpServer`). Over NATS there is no
@@ -78,8 +90,10 @@ Writes from other processes
 
 Link records
     Each sync is also recorded in the store (named value ``peer-link:<peer>``: connected or
-    not, and the time of the last settled sync), so the views and ``status`` commands, which
-    read stores, show how fresh each link is.
+    not, the time of the last settled sync, and when the link was last confirmed with the
+    timeout past which the record is stale), so the views and ``status`` commands, which read
+    stores, show how fresh each link is; :func:`~.schedule.link_state` judges a record, and
+    :func:`record_bundle_exchange` records bundle files.
 """
 
 from __future__ import annotations
