@@ -379,6 +379,48 @@ def test_a_push_link_syncs_when_there_is_something_for_its_peer() -> None:
     run(scenario())
 
 
+def test_a_push_link_that_keeps_to_its_schedule_waits_for_its_turn() -> None:
+    # peer run's push: "push every 5m" means every 5 minutes, not at each write.
+    async def scenario() -> None:
+        world = World()
+        region, edge = world["region-a"], world["edge-a1"]
+        seen: list[tuple[str, str]] = []
+        link = LinkConfig.downstream(
+            peer="edge-a1",
+            connect=world.connector("region-a", "edge-a1"),
+            frequency=300,
+            peer_scope=EDGE,
+            wake_on_write=False,
+        )
+        coordinator = SyncCoordinator(
+            region,
+            [link],
+            clock=world.time.clock,
+            sleep=world.time.sleep,
+            rng=random.Random(7),
+            on_observe=lambda peer, _session: seen.append(("observe", peer)),
+            on_session_end=lambda peer, _session: seen.append(("end", peer)),
+        )
+        running = asyncio.ensure_future(coordinator.run())
+        await world.time.advance_to(50)
+        assert world.connect_times("edge-a1") == [0.0]
+        region.scope(EDGE).policies.set("window", "02:00")
+        await world.time.advance_to(299)
+        assert world.connect_times("edge-a1") == [0.0]
+        assert edge.get(EDGE, "policies", "window") is None
+        assert coordinator.debt("edge-a1").envelopes == 1
+        await world.time.advance_to(301)
+        assert world.connect_times("edge-a1") == [0.0, 300.0]
+        assert edge.get(EDGE, "policies", "window") == "02:00"
+        assert coordinator.debt("edge-a1").envelopes == 0
+        # The hooks saw both sessions, and each one end.
+        assert seen.count(("end", "edge-a1")) == 2
+        assert ("observe", "edge-a1") in seen
+        await world.shutdown(coordinator, running)
+
+    run(scenario())
+
+
 def test_a_continuous_link_stays_open_pushes_live_and_reconnects_after_a_break() -> None:
     async def scenario() -> None:
         world = World()

@@ -62,6 +62,7 @@ from souverix_crdt.plane.peer import (
     load_peer_config,
     load_plane_keys,
     open_replica,
+    record_bundle_exchange,
 )
 from souverix_crdt.plane.planedir import (
     OFFLINE_DIR,
@@ -79,6 +80,8 @@ from souverix_crdt.plane.planedir import (
     save_ceremony,
     save_plane_directory,
 )
+from souverix_crdt.plane.schedule import LinkState as RecordState
+from souverix_crdt.plane.schedule import link_state
 from souverix_crdt.plane.topology import (
     Topology,
     default_topology_text,
@@ -1055,7 +1058,8 @@ def _link_statuses(topology: Topology, replicas: Mapping[str, Replica]) -> dict[
         record = (link_record(lower, spec.upper) if lower else None) or (
             link_record(upper, spec.lower) if upper else None
         )
-        connected = record is None or bool(record.get("connected"))
+        now_ms = (lower or upper).clock.physical()  # type: ignore[union-attr]  # one is set
+        connected = record is None or link_state(record, now_ms) == RecordState.YES
         statuses[spec.lower] = LinkStatus(
             upper=spec.upper,
             lower=spec.lower,
@@ -1221,6 +1225,7 @@ def bundle_export(
             peer_scope=plane_keys.chains[peer_name][-1].scope,
             limit=limit,
         )
+        record_bundle_exchange(replica, peer_name, kind="export")
     more = "" if info.complete else " (limit reached: export again after its receipt)"
     click.echo(
         f"wrote {info.path}: {_count(info.envelopes, 'envelope')}, "
@@ -1263,6 +1268,7 @@ def bundle_import(
             if receipt_out is not None:
                 raise click.UsageError("--receipt-out is for bundles; FILE is a receipt")
             receipt = import_receipt(replica, file)
+            record_bundle_exchange(replica, receipt.source, kind="receipt")
             click.echo(
                 f"imported the receipt of {receipt.source}: "
                 f"{_count(len(receipt.frontiers), 'chain')} acknowledged; "
@@ -1272,6 +1278,7 @@ def bundle_import(
             return
         with _progress(f"verifying and importing {file.name}"):
             result = import_bundle(replica, file)
+        record_bundle_exchange(replica, result.source, kind="import")
         click.echo(
             f"imported {file.name} from {result.source}: {result.applied} applied, "
             f"{result.duplicates} already held, {result.pending} pending, "
@@ -1370,7 +1377,13 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
     document["digest"] = replica.digest()
     document["chains"] = len(replica.frontiers())
     document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in peers}
-    document["links"] = {peer: link_record(replica, peer) for peer in peers}
+    now_ms = replica.clock.physical()
+    links: dict[str, Any] = {}
+    for peer in peers:
+        record = link_record(replica, peer)
+        # What the record says *now*: "connected" counts only while it is confirmed.
+        links[peer] = None if record is None else {**record, "state": link_state(record, now_ms)}
+    document["links"] = links
     return document
 
 
@@ -1457,10 +1470,23 @@ def status(
             str(debt["envelopes"]),
             str(debt["bytes"]),
             f"{debt['oldest_age_ms'] / 1000:.1f} s",
-            "-" if not record else ("yes" if record.get("connected") else "no"),
+            _connected_cell(record),
             "-" if last is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last / 1000)),
         )
     console.print(links)
+
+
+def _connected_cell(record: Mapping[str, Any]) -> str:
+    """``yes``, ``no``, ``bundle``, or ``stale`` with the age of the last confirmation."""
+    state = record.get("state", "-")
+    if record.get("transport") == "bundle" and state == RecordState.NO:
+        return "no (bundle)"
+    if state == RecordState.STALE:
+        confirmed = record.get("confirmed_ms", record.get("updated_ms"))
+        if isinstance(confirmed, int):
+            age = max(0.0, (time.time() * 1000 - confirmed) / 1000)
+            return f"stale (confirmed {age:.0f} s ago)"
+    return str(state)
 
 
 @cli.group(cls=_Group)

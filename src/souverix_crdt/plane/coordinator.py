@@ -18,6 +18,8 @@ Modes (the brief's ``SyncStrategy``):
 ``PUSH``
     Like ``SCHEDULED``, and also as soon as this replica makes or accepts an envelope the
     peer's scope is interested in (the "region pushes down" of the brief).
+    With ``wake_on_write=False`` (as ``peer run`` runs it) a push link keeps to its schedule
+    alone.
 ``OPPORTUNISTIC``
     Keep a live session open, but only while the connectivity hook says the link is up; such a
     link starts *down* until the embedding service says otherwise.
@@ -158,6 +160,9 @@ class LinkConfig:
             abandoned (as a failed attempt); ``None`` for no limit.
         tick_interval: Seconds of silence after which a session re-sends its hello (passed to
             :func:`~souverix_crdt.sync.driver.run_session`).
+        wake_on_write: Push links only: also sync as soon as a write the peer is interested
+            in is made or accepted. ``False`` keeps to the schedule alone (``peer run``: the
+            topology's "push every 5m" means every 5 minutes).
     """
 
     peer: str
@@ -173,6 +178,7 @@ class LinkConfig:
         default=DEFAULT_SESSION_TIMEOUT, validator=_optional_positive
     )
     tick_interval: float = attrs.field(default=DEFAULT_TICK_INTERVAL, validator=_positive)
+    wake_on_write: bool = True
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.peer, str) or not self.peer:
@@ -446,6 +452,13 @@ class SyncCoordinator:
         clock: Monotonic seconds; the only time source of schedules, backoff and debt.
         sleep: Waits the given seconds; tests pass a fake driven by their fake clock.
         rng: The jitter source of the backoff.
+        session_factory: Makes the session of an attempt (default: a plain
+            :class:`~souverix_crdt.sync.session.SyncSession` with the link's batch size); a
+            peer process passes one that judges the peer's chain during the handshake.
+        handshake_timeout: Seconds a session may take to authenticate (``None``: no limit).
+        on_observe: Called with the peer and the session whenever a session of a link went
+            quiet, after the coordinator judged it (a peer process records the link there).
+        on_session_end: Called with the peer and the session when a session of a link ends.
     """
 
     def __init__(
@@ -456,8 +469,16 @@ class SyncCoordinator:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: RandomSource | None = None,
+        session_factory: Callable[[LinkConfig], SyncSession] | None = None,
+        handshake_timeout: float | None = None,
+        on_observe: Callable[[str, SyncSession], None] | None = None,
+        on_session_end: Callable[[str, SyncSession], None] | None = None,
     ) -> None:
         self.replica = replica
+        self._session_factory = session_factory
+        self._handshake_timeout = handshake_timeout
+        self._on_observe = on_observe
+        self._on_session_end = on_session_end
         self._clock = clock
         self._sleep = sleep
         self._rng: RandomSource = random.Random() if rng is None else rng  # noqa: S311 - jitter
@@ -640,9 +661,10 @@ class SyncCoordinator:
                 self._account(link, await self._attempt(link, persistent=True))
                 continue
             now = self._clock()
-            pushing = config.mode is SyncMode.PUSH and link.dirty.is_set()
+            eager = config.mode is SyncMode.PUSH and config.wake_on_write
+            pushing = eager and link.dirty.is_set()
             if now < link.next_due and not pushing:
-                await self._wait(link, link.next_due - now, dirty=config.mode is SyncMode.PUSH)
+                await self._wait(link, link.next_due - now, dirty=eager)
                 continue
             link.dirty.clear()
             result = await self._round(link)
@@ -760,15 +782,23 @@ class SyncCoordinator:
                 finished=self._clock(),
                 error=exc,
             )
-        session = SyncSession(self.replica, batch_size=config.batch_size)
+        session = self._new_session(config)
         settled = False
 
         def observe() -> None:
             nonlocal settled
+            if self._on_observe is not None:
+                # Before the judgement below, which may close a settled one-shot session.
+                self._on_observe(config.peer, session)
             settled = self._observe(link, session, close=not persistent) or settled
 
         runner = asyncio.ensure_future(
-            run_session(session, _Watched(transport, observe), tick_interval=config.tick_interval)
+            run_session(
+                session,
+                _Watched(transport, observe),
+                tick_interval=config.tick_interval,
+                handshake_timeout=self._handshake_timeout,
+            )
         )
         timer: asyncio.Future[None] | None = None
         link.sessions += 1
@@ -780,6 +810,8 @@ class SyncCoordinator:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._session_ended(link)
+            if self._on_session_end is not None:
+                self._on_session_end(config.peer, session)
             for future in (runner, timer):
                 if future is not None and not future.done():
                     future.cancel()
@@ -810,6 +842,11 @@ class SyncCoordinator:
             stats=stats,
             error=error,
         )
+
+    def _new_session(self, config: LinkConfig) -> SyncSession:
+        if self._session_factory is None:
+            return SyncSession(self.replica, batch_size=config.batch_size)
+        return self._session_factory(config)
 
     def _observe(self, link: _Link, session: SyncSession, *, close: bool) -> bool:
         """Judge whether the session has settled; record it, and close a one-shot session."""

@@ -12,12 +12,16 @@ relative paths are read from the file's own folder::
                                         # or {url: ..., user: region-a, password_file: PATH}
     upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
     downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
+                                        # a link entry may set mode, frequency, batch_size,
+                                        # retry (see :mod:`~.schedule`)
+    topology: keys/topology.yaml        # the links' policies (default: the key directory's)
     tls: true                           # tcp: mutual TLS with the key directory's certificates
     sync:                               # all optional
       batch_size: 100
       tick: 5s                          # silence after which a session re-sends its hello
       retry: {initial: 200ms, maximum: 5s}
       watch: 250ms                      # how often the store is checked for outside writes
+      link_timeout: 15s                 # unheard for this long: the link is not shown connected
     limits:                             # all optional: any field of souverix_crdt.limits.Limits
       max_connections: 512              # connections served at once, in all
       max_connections_per_address: 64   # ... and from one remote address
@@ -58,6 +62,14 @@ TLS (TCP only)
     With mutual TLS a server also checks that the plane a client's certificate names is the
     plane its session authenticates as, and refuses the session otherwise.
 
+Link policies
+    Each link syncs by the mode, frequency, batch size and retry policy the topology declares,
+    overridden by its entry here (:mod:`~.schedule` resolves them). Continuous links run the
+    session loop below; push, scheduled and opportunistic links this plane opens are run by a
+    :class:`~.coordinator.SyncCoordinator`, whose sessions close once caught up. An air-gapped
+    plane, or a link to one, is refused as a network link: bundle files carry it.
+    :meth:`PeerProcess.set_link_state` is the connectivity hook.
+
 Sessions
     Over TCP the lower plane dials its upstream (:func:`~.transports.tcp.connect_with_backoff`)
     and the upper plane serves (:class:`~.transports.tcp.TcpServer`). Over NATS there is no
@@ -85,8 +97,10 @@ Writes from other processes
 
 Link records
     Each sync is also recorded in the store (named value ``peer-link:<peer>``: connected or
-    not, and the time of the last settled sync), so the views and ``status`` commands, which
-    read stores, show how fresh each link is.
+    not, the time of the last settled sync, and when the link was last confirmed with the
+    timeout past which the record is stale), so the views and ``status`` commands, which read
+    stores, show how fresh each link is; :func:`~.schedule.link_state` judges a record, and
+    :func:`record_bundle_exchange` records bundle files.
 """
 
 from __future__ import annotations
@@ -98,6 +112,7 @@ import json
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from ssl import SSLContext, SSLError
@@ -111,6 +126,7 @@ from souverix_crdt.errors import (
     ConfigError,
     KeyFileError,
     SouverixError,
+    TopologyError,
     TransportError,
     UnknownPlaneError,
     _close_matches,
@@ -130,13 +146,16 @@ from souverix_crdt.transports.tcp import (
     ThrottledReport,
     connect_with_backoff,
 )
+from souverix_crdt.transports.tcp import connect as connect_tcp
 from souverix_crdt.transports.tls import client_context, key_directory_files, server_context
 
 from .backoff import Backoff
-from .keydir import load_revocations
+from .coordinator import DEFAULT_OPPORTUNISTIC_FREQUENCY, LinkConfig, SyncCoordinator
+from .keydir import TOPOLOGY_FILE, load_revocations
 from .keyring import FederationKeys
 from .planedir import PlaneKeys, load_plane, plane_directory
-from .topology import parse_duration
+from .schedule import LINK_POLICY_FIELDS, LinkPolicy, resolve_policy
+from .topology import Direction, SyncMode, Topology, load_topology, parse_duration
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -152,6 +171,7 @@ __all__ = [
     "load_plane_keys",
     "open_replica",
     "parse_peer_config",
+    "record_bundle_exchange",
     "tls_contexts",
 ]
 
@@ -176,11 +196,12 @@ _TOP_FIELDS: Final = frozenset(
         "sync",
         "tls",
         "limits",
+        "topology",
     }
 )
-_SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch"})
+_SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch", "link_timeout"})
 _RETRY_FIELDS: Final = frozenset({"initial", "maximum"})
-_LINK_FIELDS: Final = frozenset({"name", "address"})
+_LINK_FIELDS: Final = frozenset({"name", "address"}) | LINK_POLICY_FIELDS
 _TLS_FIELDS: Final = frozenset({"ca", "cert", "key", "mutual"})
 _NATS_FIELDS: Final = frozenset({"url", "user", "password_file"})
 _TRANSPORTS: Final = ("tcp", "nats")
@@ -198,13 +219,16 @@ class PeerLink:
 
     Attributes:
         name: The peer's plane name (as it names itself in its hello).
-        host: Where to dial it (TCP upstream only).
-        port: Its port (TCP upstream only).
+        host: Where to dial it (TCP only: this plane opens the link's sessions).
+        port: Its port (TCP only).
+        policy: How the link syncs (mode, frequency, batch size, retry), resolved from the
+            config and the topology (:mod:`~.schedule`).
     """
 
     name: str
     host: str | None = None
     port: int | None = None
+    policy: LinkPolicy | None = None
 
     @property
     def address(self) -> str:
@@ -260,6 +284,9 @@ class PeerConfig:
         tick_s: Seconds of silence after which a session re-sends its hello.
         retry: The reconnect schedule.
         watch_s: Seconds between looks at the store for writes of other processes.
+        link_timeout_s: Seconds without hearing from a peer after which its link record no
+            longer shows it connected (``stale``).
+        topology: The topology the links' policies were resolved from, if any.
         tls: TLS for TCP connections, or ``None`` for plain TCP.
         limits: The budgets of the replica and the process (the ``limits:`` mapping).
         source: The file it was read from.
@@ -280,6 +307,8 @@ class PeerConfig:
     tick_s: float = _DEFAULT_TICK_S
     retry: Backoff = DEFAULT_RETRY
     watch_s: float = 0.25
+    link_timeout_s: float = 3 * _DEFAULT_TICK_S
+    topology: Topology | None = attrs.field(default=None, eq=False, repr=False)
     tls: PeerTls | None = None
     limits: Limits = DEFAULT_LIMITS
     source: str = "<string>"
@@ -346,47 +375,159 @@ class _Reader:
             raise self.fail(field, f"expected HOST:PORT with a port number, got {value!r}")
         return host, int(port_text)
 
-    def link(self, value: object, field: str, *, dialled: bool) -> PeerLink:
+    def link(self, value: object, field: str, *, dialled: bool) -> tuple[PeerLink, dict[str, Any]]:
         if isinstance(value, str):
             value = {"name": value}
         item = self.mapping(value, field, _LINK_FIELDS)
         if "name" not in item:
             raise self.fail(f"{field}.name", "missing", "missing")
         name = self.text(item["name"], f"{field}.name")
-        if not dialled:
-            if "address" in item:
-                raise self.fail(f"{field}.address", "only the upstream peer is dialled", "value")
-            return PeerLink(name=name)
         if "address" not in item:
+            return PeerLink(name=name), item
+        if not dialled:
             raise self.fail(
-                f"{field}.address", "missing (HOST:PORT of the upstream plane)", "missing"
+                f"{field}.address", "only for transport: tcp (NATS peers meet on subjects)"
             )
         host, port = self.address(item["address"], f"{field}.address", allow_zero=False)
-        return PeerLink(name=name, host=host, port=port)
+        return PeerLink(name=name, host=host, port=port), item
 
 
 def _links(read: _Reader, top: dict[str, Any], plane: str, *, dialled: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
     if top.get("upstream") is not None:
-        options["upstream"] = read.link(top["upstream"], "upstream", dialled=dialled)
+        link, item = read.link(top["upstream"], "upstream", dialled=dialled)
+        options["upstream"] = link
+        entries[link.name] = ("upstream", item)
     downstream = top.get("downstream") or []
     if not isinstance(downstream, list):
         raise read.fail("downstream", "expected a list of plane names", "type")
-    options["downstream"] = tuple(
-        read.link(item, f"downstream[{index}]", dialled=False)
-        for index, item in enumerate(downstream)
-    )
-    seen: set[str] = set()
-    for field, link in [("upstream", options.get("upstream"))] + [
-        (f"downstream[{i}]", link) for i, link in enumerate(options["downstream"])
-    ]:
-        if link is None:
-            continue
-        if link.name == plane:
-            raise read.fail(f"{field}.name", "a plane does not sync with itself")
+    below = []
+    seen: set[str] = set(entries)
+    for index, value in enumerate(downstream):
+        field = f"downstream[{index}]"
+        link, item = read.link(value, field, dialled=dialled)
         if link.name in seen:
             raise read.fail(f"{field}.name", f"{link.name!r} is listed twice")
         seen.add(link.name)
+        below.append(link)
+        entries[link.name] = (field, item)
+    options["downstream"] = tuple(below)
+    for link_name, (field, _) in entries.items():
+        if link_name == plane:
+            raise read.fail(f"{field}.name", "a plane does not sync with itself")
+    options["_entries"] = entries
+    return options
+
+
+def _topology_of(read: _Reader, top: dict[str, Any], folder: Path, keys: Path) -> Topology | None:
+    """The topology named by ``topology:``, else the key directory's, else none."""
+    if "topology" in top:
+        path = folder / read.text(top["topology"], "topology")
+    else:
+        path = keys / TOPOLOGY_FILE
+        if not path.is_file():
+            return None
+    try:
+        return load_topology(path)
+    except (TopologyError, OSError) as exc:
+        raise read.fail("topology", f"cannot use {path}: {exc}", "reference") from exc
+
+
+def _check_reach(
+    read: _Reader, top: dict[str, Any], *, field: str, link: PeerLink, policy: LinkPolicy
+) -> None:
+    """The link's mode can run: someone opens its sessions, over a transport that can."""
+    transport = top.get("transport", "tcp")
+    direction = policy.direction
+    declared = "" if policy.origin == "config" else " (declared in the topology)"
+    if transport == "nats" and policy.mode is not SyncMode.CONTINUOUS:
+        raise read.fail(
+            f"{field}.mode",
+            f"{policy.mode.value}{declared}: over transport: nats only continuous links "
+            "run (give mode: continuous, or use transport: tcp)",
+        )
+    if transport == "tcp" and direction is Direction.UPSTREAM and link.host is None:
+        if policy.mode is not SyncMode.PUSH:
+            raise read.fail(
+                f"{field}.address",
+                f"missing (HOST:PORT of the upstream plane: a {policy.mode.value} "
+                "link is dialled by the lower plane)",
+                "missing",
+            )
+        if "listen" not in top:
+            raise read.fail(
+                "listen",
+                f"missing: {link.name} opens the push link, so this plane listens",
+                "missing",
+            )
+
+
+def _policies(
+    read: _Reader,
+    *,
+    top: dict[str, Any],
+    plane: str,
+    options: dict[str, Any],
+    topology: Topology | None,
+    sync: dict[str, Any],
+) -> dict[str, Any]:
+    """Each link with its :class:`~.schedule.LinkPolicy`, and who opens its sessions."""
+    entries: dict[str, tuple[str, dict[str, Any]]] = options.pop("_entries")
+    transport = top.get("transport", "tcp")
+    gapped_plane = (
+        topology is not None and plane in topology.planes and topology.plane(plane).air_gapped
+    )
+    if gapped_plane:
+        # Bundles only: nothing dials out, nothing may dial in.
+        for field in ("listen", "nats"):
+            if field in top:
+                raise read.fail(
+                    field,
+                    f"{plane} is air-gapped in the topology: it syncs by bundle files "
+                    "(souverix-crdt bundle export/import), and has no network link",
+                    "air-gapped",
+                )
+    resolved: dict[str, PeerLink] = {}
+    for link in (options.get("upstream"), *options["downstream"]):
+        if link is None:
+            continue
+        field, item = entries[link.name]
+        gapped_peer = (
+            topology is not None
+            and link.name in topology.planes
+            and topology.plane(link.name).air_gapped
+        )
+        if gapped_plane or gapped_peer:
+            which = plane if gapped_plane else link.name
+            raise read.fail(
+                field,
+                f"{which} is air-gapped in the topology: the link between {plane} and "
+                f"{link.name} moves by bundle files (souverix-crdt bundle export/import), "
+                f"not over {transport}",
+                "air-gapped",
+            )
+        direction = Direction.UPSTREAM if field == "upstream" else Direction.DOWNSTREAM
+        policy = resolve_policy(
+            plane=plane,
+            peer=link.name,
+            direction=direction,
+            entry={k: v for k, v in item.items() if k in LINK_POLICY_FIELDS},
+            topology=topology,
+            field=field,
+            file=read.file,
+        )
+        if policy.retry is None or (policy.live and "retry" not in item):
+            # A live link reconnects on the process-wide schedule (quick: it is meant to be
+            # up); the topology's retry policy paces scheduled rounds.
+            policy = attrs.evolve(policy, retry=sync.get("retry", DEFAULT_RETRY))
+        if policy.batch_size is None or ("batch_size" in sync and "batch_size" not in item):
+            policy = attrs.evolve(policy, batch_size=sync.get("batch_size", DEFAULT_BATCH_SIZE))
+        _check_reach(read, top, field=field, link=link, policy=policy)
+        resolved[link.name] = attrs.evolve(link, policy=policy)
+    if options.get("upstream") is not None:
+        options["upstream"] = resolved[options["upstream"].name]
+    options["downstream"] = tuple(resolved[link.name] for link in options["downstream"])
     return options
 
 
@@ -454,6 +595,16 @@ def _sync(read: _Reader, value: object) -> dict[str, Any]:
         options["tick_s"] = read.duration_s(sync["tick"], "sync.tick")
     if "watch" in sync:
         options["watch_s"] = read.duration_s(sync["watch"], "sync.watch")
+    tick = options.get("tick_s", _DEFAULT_TICK_S)
+    if "link_timeout" in sync:
+        options["link_timeout_s"] = read.duration_s(sync["link_timeout"], "sync.link_timeout")
+        if not options["link_timeout_s"] > tick:
+            raise read.fail(
+                "sync.link_timeout",
+                f"must exceed sync.tick ({tick:g} s): a quiet session is heard from once per tick",
+            )
+    else:
+        options["link_timeout_s"] = 3 * tick
     if "retry" in sync:
         retry = read.mapping(sync["retry"], "sync.retry", _RETRY_FIELDS)
         initial = read.duration_s(retry.get("initial", "200ms"), "sync.retry.initial")
@@ -614,13 +765,21 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
     except KeyFileError as exc:
         raise read.fail("plane", str(exc), "value") from exc
     sync = _sync(read, top.get("sync"))
+    topology = _topology_of(read, top, folder, keys)
+    links = _policies(read, top=top, plane=plane, options=links, topology=topology, sync=sync)
     return PeerConfig(
         plane=plane,
         keys=keys,
         store=folder / read.text(top["store"], "store"),
         source=file,
+        topology=topology,
         **links,
-        **_transport(read, top, folder, has_downstream=bool(links["downstream"])),
+        **_transport(
+            read,
+            top,
+            folder,
+            has_downstream=any(link.host is None for link in links["downstream"]),
+        ),
         **sync,
         **_tls(read, top, folder, keys, plane),
         **_limits(read, top.get("limits"), sync.get("tick_s", _DEFAULT_TICK_S)),
@@ -754,6 +913,34 @@ def link_record(replica: Replica, peer: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def record_bundle_exchange(replica: Replica, peer: str, *, kind: str) -> dict[str, Any]:
+    """Record in the store that a bundle file moved between this plane and ``peer``.
+
+    ``kind`` is ``"export"`` (a bundle written for ``peer``: nothing is confirmed yet),
+    ``"import"`` (``peer``'s bundle applied here) or ``"receipt"`` (``peer`` confirmed what it
+    holds). An import or a receipt is a sync of the link: its ``last_sync_ms`` moves. A bundle
+    link is never shown connected. Returns the new record.
+
+    Raises:
+        ValueError: ``kind`` is none of those.
+    """
+    if kind not in ("export", "import", "receipt"):
+        raise ValueError(f"kind must be export, import or receipt, got {kind!r}")
+    previous = link_record(replica, peer) or {}
+    now = replica.clock.physical()
+    record = {
+        **previous,
+        "connected": False,
+        "transport": "bundle",
+        f"bundle_{kind}_ms": now,
+        "updated_ms": now,
+    }
+    if kind != "export":
+        record["last_sync_ms"] = now
+    replica.store.commit(Batch(meta={LINK_META_PREFIX + peer: json.dumps(record).encode()}))
+    return record
+
+
 # --------------------------------------------------------------------------- the process
 
 
@@ -826,6 +1013,14 @@ class PeerProcess:
         # Connections dropped before they authenticated (handshake timeouts, idle or garbage
         # clients, refused keys): a flood of them is one line per interval, not one per client.
         self._unauthenticated = ThrottledReport(self._report_unauthenticated)
+        # The scheduled (push, scheduled, opportunistic) links this plane opens.
+        self.coordinator: SyncCoordinator | None = None
+        self._session_logs: dict[int, _SessionLog] = {}
+        # Links the connectivity hook said are down, and when each peer was last heard from.
+        self._down: set[str] = set()
+        self._up_changed = asyncio.Event()
+        self._heard: dict[str, float] = {}
+        self._connected: set[str] = set()
 
     @property
     def port(self) -> int | None:
@@ -874,6 +1069,8 @@ class PeerProcess:
             else:
                 await self._start_nats(keys.fleet_id)
             self._tasks.append(asyncio.ensure_future(self._watch_store()))
+            self._tasks.append(asyncio.ensure_future(self._confirm_links()))
+            self._register_bundle_peers(replica)
         except BaseException:
             await self.stop()
             raise
@@ -906,9 +1103,47 @@ class PeerProcess:
             if config.tls is not None:
                 secured = " (mutual TLS)" if config.tls.mutual else " (TLS)"
             self.say(f"listening on {config.listen_host}:{self.server.port}{secured}")
-        upstream = config.upstream
-        if upstream is not None:
-            self._tasks.append(asyncio.ensure_future(self._dial_loop(upstream)))
+        self._start_links()
+
+    def _start_links(self) -> None:
+        """Open the links this plane dials: live ones loop, scheduled ones go to the coordinator."""
+        config = self.config
+        links: list[LinkConfig] = []
+        for link in config.peers:
+            if link.host is None:
+                continue  # it dials in: served by the server above
+            policy = link.policy
+            if policy is None or policy.mode is SyncMode.CONTINUOUS:
+                self._tasks.append(asyncio.ensure_future(self._dial_loop(link)))
+            else:
+                links.append(self._scheduled_link(link, policy))
+            if policy is not None:
+                self.say(f"link to {link.name}: {policy.describe()}")
+        for link in config.peers:
+            policy = link.policy
+            if link.host is None and policy is not None and not policy.live:
+                # The side that holds the address opens the sessions, under its own mode.
+                self.say(
+                    f"link to {link.name}: {policy.describe()} cannot be kept from here "
+                    f"(no address to open it): {link.name} dials in, and its sessions "
+                    "follow its own mode"
+                )
+        if links:
+            replica = self.replica
+            assert replica is not None
+            self.coordinator = SyncCoordinator(
+                replica,
+                links,
+                rng=self._rng,
+                session_factory=self._scheduled_session,
+                handshake_timeout=config.limits.handshake_timeout,
+                on_observe=self._observe_scheduled,
+                on_session_end=self._scheduled_session_ended,
+            )
+            for item in links:
+                # peer run assumes connectivity until a connectivity hook says otherwise.
+                self.coordinator.set_link_state(item.peer, item.peer not in self._down)
+            self._tasks.append(asyncio.ensure_future(self.coordinator.run()))
 
     def _fit_open_files(self) -> None:
         """Raise the soft open-file limit (up to the hard one) to hold ``max_connections``.
@@ -1052,6 +1287,8 @@ class PeerProcess:
 
     async def stop(self) -> None:
         """Stop every session, the server and the NATS connection; close the store. Idempotent."""
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         tasks, self._tasks = self._tasks, []
         for task in (*tasks, *self._sessions):
             task.cancel()
@@ -1109,6 +1346,9 @@ class PeerProcess:
     ) -> None:
         failures = 0
         while True:
+            while peer in self._down:
+                self._up_changed.clear()
+                await self._up_changed.wait()
             try:
                 transport = await open_transport()
             except TransportError as exc:
@@ -1142,29 +1382,8 @@ class PeerProcess:
     async def _session(
         self, transport: Transport, *, expected: str | None, state: _SessionLog | None = None
     ) -> SessionStats:
-        replica = self.replica
-        assert replica is not None
-        allowed = {link.name for link in self.config.peers}
         state = _SessionLog(expected) if state is None else state
-
-        def accept(grant: Grant) -> bool:
-            # Judged on the peer's verified chain during the handshake, before any frontier,
-            # authority item or envelope moves: a dialled link must reach the plane it dialled,
-            # a served one must be a configured peer, and over mutual TLS the session's plane
-            # must be the one its certificate names.
-            name = grant.plane
-            if name not in allowed or (expected is not None and name != expected):
-                self.say(f"refusing a session with {name!r}: not a configured peer here")
-                return False
-            if state.certificate_required and name != state.certificate:
-                self.say(
-                    f"refusing a session with {name!r}: "
-                    f"its TLS certificate names {state.certificate!r}"
-                )
-                return False
-            return True
-
-        session = SyncSession(replica, batch_size=self.config.batch_size, accept=accept)
+        session = self._new_session(state, batch_size=self.config.batch_size)
         observed = _Observed(transport, lambda: self._observe(session, state))
         task = asyncio.ensure_future(
             run_session(
@@ -1185,10 +1404,42 @@ class PeerProcess:
             if session.peer_name and self.replica is not None:
                 self._record(session.peer_name, connected=False)
 
+    def _new_session(self, state: _SessionLog, *, batch_size: int) -> SyncSession:
+        replica = self.replica
+        assert replica is not None
+        allowed = {link.name for link in self.config.peers}
+        expected = state.expected
+
+        def accept(grant: Grant) -> bool:
+            # Judged on the peer's verified chain during the handshake, before any frontier,
+            # authority item or envelope moves: a dialled link must reach the plane it dialled,
+            # a served one must be a configured peer, and over mutual TLS the session's plane
+            # must be the one its certificate names.
+            name = grant.plane
+            if name not in allowed or (expected is not None and name != expected):
+                self.say(f"refusing a session with {name!r}: not a configured peer here")
+                return False
+            if name in self._down:
+                self.say(f"refusing a session with {name!r}: the link is down")
+                return False
+            if state.certificate_required and name != state.certificate:
+                self.say(
+                    f"refusing a session with {name!r}: "
+                    f"its TLS certificate names {state.certificate!r}"
+                )
+                return False
+            return True
+
+        return SyncSession(replica, batch_size=batch_size, accept=accept)
+
     def _observe(self, session: SyncSession, state: _SessionLog) -> None:
         peer = session.peer_name
         if peer is None or session.state is not SessionState.OPEN:
             return
+        if peer in self._down:
+            session.close("the link is down")
+            return
+        self._heard[peer] = time.monotonic()
         if not self._settled(session, peer):
             state.settled = False
             return
@@ -1222,19 +1473,147 @@ class PeerProcess:
                 return False
         return True
 
-    def _record(self, peer: str, *, connected: bool) -> None:
+    def _record(self, peer: str, *, connected: bool, synced: bool = True) -> None:
         replica = self.replica
         assert replica is not None
         previous = link_record(replica, peer) or {}
         now = replica.clock.physical()
+        if connected:
+            self._connected.add(peer)
+        else:
+            self._connected.discard(peer)
         record = {
+            **previous,
             "connected": connected,
             "transport": self.config.transport,
-            "last_sync_ms": now if connected else previous.get("last_sync_ms"),
+            "last_sync_ms": now if connected and synced else previous.get("last_sync_ms"),
             "updated_ms": now,
+            "confirmed_ms": now,
+            "timeout_ms": round(self.config.link_timeout_s * 1000),
         }
         with contextlib.suppress(SouverixError):  # bookkeeping only: never stop a sync for it
             replica.store.commit(Batch(meta={LINK_META_PREFIX + peer: json.dumps(record).encode()}))
+
+    # ------------------------------------------------------------------ scheduled links
+
+    def _scheduled_link(self, link: PeerLink, policy: LinkPolicy) -> LinkConfig:
+        """The coordinator's link for a push, scheduled or opportunistic link this plane opens."""
+        assert link.host is not None
+        assert link.port is not None
+        host, port, name = link.host, link.port, link.name
+        unreachable = False
+
+        async def connect() -> Transport:
+            nonlocal unreachable
+            tls = self._client_tls
+            try:
+                transport = await connect_tcp(
+                    host,
+                    port,
+                    peer=name,
+                    ssl=tls,
+                    server_hostname=name if tls is not None else None,
+                    max_frame=self.config.limits.max_frame,
+                    read_timeout=self.config.limits.idle_timeout,
+                )
+            except (TransportError, OSError):
+                if not unreachable:  # once per outage, not once per try
+                    self.say(f"{name} at {host}:{port} unreachable; retrying with backoff")
+                    unreachable = True
+                raise
+            unreachable = False
+            return transport
+
+        frequency = policy.frequency_s or DEFAULT_OPPORTUNISTIC_FREQUENCY
+        keys = self.config.topology
+        scope = None
+        if keys is not None and name in keys.planes:
+            scope = keys.plane(name).scope
+        return LinkConfig(
+            peer=name,
+            connect=connect,
+            direction=policy.direction,
+            mode=policy.mode,
+            frequency=frequency,
+            batch_size=policy.batch_size or self.config.batch_size,
+            retry=policy.retry or self.config.retry,
+            max_attempts=policy.max_attempts,
+            peer_scope=scope,
+            tick_interval=self.config.tick_s,
+            wake_on_write=False,
+        )
+
+    def _scheduled_session(self, link: LinkConfig) -> SyncSession:
+        state = _SessionLog(link.peer)
+        session = self._new_session(state, batch_size=link.batch_size)
+        self._session_logs[id(session)] = state
+        return session
+
+    def _observe_scheduled(self, peer: str, session: SyncSession) -> None:
+        state = self._session_logs.get(id(session))
+        if state is not None:
+            self._observe(session, state)
+
+    def _scheduled_session_ended(self, peer: str, session: SyncSession) -> None:
+        self._session_logs.pop(id(session), None)
+        if session.peer_name and self.replica is not None:
+            self._record(session.peer_name, connected=False)
+
+    # ------------------------------------------------------------------ connectivity
+
+    def set_link_state(self, peer: str, up: bool) -> None:
+        """The connectivity hook: the link to ``peer`` is up or down.
+
+        Down: no session is opened to ``peer`` and none it opens is accepted; a session in
+        progress is closed (a scheduled one at once, a live one the next time it goes quiet,
+        within one ``sync.tick``). Up: a scheduled link syncs at once, a live one reconnects.
+        Callable before :meth:`start` (the link then starts down). The process offers no
+        outside trigger of its own: the control endpoint calls this.
+
+        Raises:
+            UnknownPlaneError: ``peer`` is not a configured peer.
+        """
+        names = [link.name for link in self.config.peers]
+        if peer not in names:
+            raise UnknownPlaneError(peer, names, where=f"the links of {self.config.plane}")
+        if up == (peer not in self._down):
+            return
+        if up:
+            self._down.discard(peer)
+        else:
+            self._down.add(peer)
+        self.say(f"link to {peer} is {'up' if up else 'down'} (connectivity)")
+        if self.coordinator is not None and peer in self.coordinator.links:
+            self.coordinator.set_link_state(peer, up)
+        self._up_changed.set()
+
+    def link_up(self, peer: str) -> bool:
+        """What the connectivity hook last said about ``peer`` (``True`` until told otherwise)."""
+        return peer not in self._down
+
+    async def _confirm_links(self) -> None:
+        # A link record says "connected" only while it is confirmed: rewritten here while the
+        # peer is heard from, so a record left by a process that stopped turns stale.
+        period = self.config.link_timeout_s / 3
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for peer in sorted(self._connected):
+                heard = self._heard.get(peer)
+                if heard is not None and now - heard <= self.config.link_timeout_s:
+                    self._record(peer, connected=True, synced=False)
+
+    def _register_bundle_peers(self, replica: Replica) -> None:
+        """Track the debt of the links that move by bundle files, from the start."""
+        topology = self.config.topology
+        if topology is None or self.config.plane not in topology.planes:
+            return
+        for spec in topology.links():
+            if not spec.air_gapped or self.config.plane not in spec.key:
+                continue
+            other = spec.lower if spec.upper == self.config.plane else spec.upper
+            if other in topology.planes:
+                replica.register_peer(other, [topology.plane(other).scope])
 
     # ------------------------------------------------------------------ outside writes
 
