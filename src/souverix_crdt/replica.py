@@ -502,7 +502,10 @@ class Replica:
         self.authority = Authority(anchors)
         self.policy = _GrantPolicy()
         self.fleet = FleetState(
-            strategy_for=self._strategy_for, policy=self.policy, history_limit=history_limit
+            strategy_for=self._strategy_for,
+            policy=self.policy,
+            history_limit=history_limit,
+            conflicts_per_key=limits.conflicts_per_key,
         )
         self._chains: dict[Key, _Chain] = {}
         # Per interest, the chains it covers in frontier order (cleared when a chain appears),
