@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import souverix_crdt.document as document
@@ -10,7 +11,8 @@ from souverix_crdt.codec import decode, encode
 from souverix_crdt.document import ScopeState, WriteOp
 from souverix_crdt.errors import MalformedEnvelopeError, SignatureError
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.replica import IngestOutcome
+from souverix_crdt.lww import Register
+from souverix_crdt.replica import IngestOutcome, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import Batch
 from souverix_crdt.sync.messages import Checkpoint, Envelopes, decode_message
@@ -192,3 +194,67 @@ def test_without_a_usable_verdict_reopening_judges_every_entry(damage: str) -> N
     reopened = cluster.restart("region-a")
     assert reopened.digest() == digest
     assert visible(reopened) == before
+
+
+def _history(replica: Replica, key: str = "k") -> list[tuple[str, Timestamp]]:
+    return [(r.writer, r.hlc) for r in replica.fleet.scope(SCOPE).history("policies", key)]
+
+
+def test_conflicts_and_history_settled_before_a_checkpoint_survive_it() -> None:
+    cluster = Cluster(FLEET, ["region-a", "global", "edge-a1"])
+    region, top = cluster["region-a"], cluster["global"]
+    region.scope(SCOPE).policies.set("k", "x-1")  # blind: concurrent with y-1
+    top.scope(SCOPE).policies.set("k", "y-1")
+    cluster.link("region-a", "global")
+    cluster.settle()
+    region.scope(SCOPE).policies.set("k", "x-2")  # has seen y-1: no conflict with it
+    cluster.settle()  # global replays region-a from its first envelope
+    [record] = top.conflicts()
+    assert {record.winner.writer, record.loser.writer} == {region.chain, top.chain}
+    assert region.checkpoint(SCOPE) is not None
+    assert cluster.stores["region-a"].envelopes_after(SCOPE, region.chain, 0, 100) == []
+    cluster.link("region-a", "edge-a1")  # edge-a1 starts from region-a's checkpoint
+    cluster.settle()
+    fresh = cluster["edge-a1"]
+    assert fresh.chain_seq(SCOPE, region.chain) == 2
+    assert cluster.stores["edge-a1"].envelopes_after(SCOPE, region.chain, 0, 100) == []
+    for replica in (region, fresh, cluster.restart("region-a"), cluster.restart("edge-a1")):
+        assert replica.conflicts() == [record]
+        assert _history(replica) == _history(top)
+        assert replica.digest() == top.digest()
+    assert len(_history(top)) == 3
+
+
+def test_past_registers_a_checkpoint_carries_count_only_if_older_than_the_head() -> None:
+    cluster = Cluster(FLEET, ["region-a", "global"])
+    region = cluster["region-a"]
+    region.scope(SCOPE).policies.set("k", "x-1")
+    region.scope(SCOPE).policies.set("k", "x-2")
+    region.scope(SCOPE).policies.set("later", True)  # the checkpoint's HLC is past k's head
+    honest = region.checkpoint(SCOPE)
+    assert honest is not None
+    verified = open_checkpoint(
+        honest, region.authority, physical_now=NOW, max_offset=region.clock.max_offset
+    )
+    [(collection, key, past)] = verified.history
+    # A forged past register dated after the head (within the checkpoint's own HLC) would
+    # show in history above the value the writer's envelopes actually left.
+    forged = attrs.evolve(Register.decode(past, region.chain), hlc=verified.header.hlc)
+    data = seal_checkpoint(
+        region.identity.signing_key,
+        fleet_id=region.fleet_id,
+        scope=SCOPE,
+        epoch=region.epoch,
+        seq=verified.header.seq,
+        prev=verified.header.prev,
+        last_id=verified.last_id,
+        hlc=verified.header.hlc,
+        state_vector=verified.header.state_vector,
+        state=verified.state,
+        delegation_digest=verified.header.delegation,
+        history=[(collection, key, past), (collection, key, forged.encode())],
+    )
+    top = cluster["global"]
+    top.add_delegations(region.delegations())
+    assert top.ingest_checkpoint(data).outcome is IngestOutcome.APPLIED
+    assert [r.value for r in top.fleet.scope(SCOPE).history("policies", "k")] == ["x-2", "x-1"]

@@ -818,8 +818,12 @@ class ScopeState:
         *,
         max_hlc: Timestamp | None = None,
         invalid: Iterable[KeyRef] | None = None,
+        history: Iterable[tuple[str, str, bytes]] = (),
     ) -> list[KeyRef]:
         """Bring a writer's document forward to a snapshot of it taken at sequence ``seq``.
+
+        ``history`` is the writer's past registers the snapshot carries
+        (:meth:`remember_history`).
 
         The snapshot is a full-state pycrdt update; what the document already holds merges
         idempotently. Only moves forward.
@@ -841,6 +845,7 @@ class ScopeState:
             changed = self.apply_next(writer, state, max_hlc=max_hlc)
         doc.seq = seq
         self._pending.pop(writer, None)
+        self.remember_history(writer, history, max_hlc)
         return changed
 
     def _load_judged(self, doc: WriterDocument, state: bytes, invalid: set[KeyRef]) -> list[KeyRef]:

@@ -681,6 +681,7 @@ class Replica:
             verified.state,
             max_hlc=verified.header.hlc,
             invalid=self._stored_verdict(key, kept[0]),
+            history=verified.history,
         )
         state.seq, state.last_id = kept[0], verified.last_id
         return True
@@ -1551,6 +1552,7 @@ class Replica:
             state_vector=document.state_vector(),
             state=document.encode_state(),
             delegation_digest=header.delegation,
+            history=self.fleet.scope(target).own_history(self.chain),
         )
         self.store.commit(
             Batch(
@@ -1603,7 +1605,11 @@ class Replica:
         scope_state = self.fleet.scope(header.scope)
         try:
             changed = scope_state.apply_checkpoint(
-                header.chain, header.seq, verified.state, max_hlc=header.hlc
+                header.chain,
+                header.seq,
+                verified.state,
+                max_hlc=header.hlc,
+                history=verified.history,
             )
         except InvalidUpdateError as exc:
             if not known:
