@@ -28,7 +28,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
+from souverix_crdt.conflicts import RegisterId
 from souverix_crdt.envelope import read_header
+from souverix_crdt.hlc import Timestamp
 from souverix_crdt.lww import Strategy
 from souverix_crdt.replica import Identity, Replica
 from souverix_crdt.store.memory import MemoryStore
@@ -210,11 +212,16 @@ class OneTruth(RuleBasedStateMachine):
         model = self.model()
         assert _visible(expected["snapshot"]) == model.state()
         got = {
-            (r.scope, r.collection, r.key)
-            + ((r.winner.writer, r.winner.hlc), (r.loser.writer, r.loser.hlc))
+            (
+                r.scope,
+                r.collection,
+                r.key,
+                (r.winner.writer, r.winner.hlc),
+                (r.loser.writer, r.loser.hlc),
+            )
             for r in expected["conflicts"]
         }
-        want = {key + (win, lose) for key, win, lose in model.conflicts(HISTORY)}
+        want = {(*key, win, lose) for key, win, lose in model.conflicts(HISTORY)}
         assert got == want
         for key in model.writes:
             assert expected["history"][key] == model.history(key, HISTORY)
@@ -222,6 +229,10 @@ class OneTruth(RuleBasedStateMachine):
         for name in NAMES:
             assert view(self.c[name]) == expected, name
             assert view(self.c.restart(name)) == expected, f"{name} restarted"
+
+
+def _side(register: RegisterId) -> tuple[str, Timestamp]:
+    return (register.writer, register.hlc)
 
 
 def _visible(snapshot: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
