@@ -6,6 +6,7 @@ import attrs
 import pytest
 
 import souverix_crdt.document as document
+from souverix_crdt.authority import cut_key, issue_revocation
 from souverix_crdt.checkpoint import open_checkpoint, seal_checkpoint
 from souverix_crdt.codec import decode, encode
 from souverix_crdt.document import ScopeState, WriteOp
@@ -258,3 +259,40 @@ def test_past_registers_a_checkpoint_carries_count_only_if_older_than_the_head()
     top.add_delegations(region.delegations())
     assert top.ingest_checkpoint(data).outcome is IngestOutcome.APPLIED
     assert [r.value for r in top.fleet.scope(SCOPE).history("policies", "k")] == ["x-2", "x-1"]
+
+
+def test_a_revocation_cut_below_a_checkpoint_counts_the_same_everywhere() -> None:
+    zone = "global/region-a/edge-a1"
+    cluster = Cluster(FLEET, ["edge-a1", "global", "region-a"])
+    edge, top, region = cluster["edge-a1"], cluster["global"], cluster["region-a"]
+    for i in range(1, 5):
+        edge.scope(zone).policies.set("p", f"write {i}")
+    cluster.link("edge-a1", "global")
+    cluster.settle()  # global keeps the envelopes
+    assert edge.checkpoint(zone) is not None  # edge-a1 compacts its log
+    cluster.link("edge-a1", "region-a")
+    cluster.settle()  # region-a starts from the checkpoint
+    assert cluster.stores["region-a"].envelopes_after(zone, edge.chain, 0, 10) == []
+    cluster.link("global", "region-a")
+    cluster.settle()  # each sees the other at seq 4
+    revocation = issue_revocation(
+        FLEET["region-a"].key,
+        fleet_id=FLEET.anchors.fleet_id,
+        revoked=edge.identity.key_id,
+        cut={cut_key(zone, edge.epoch): 2},  # what was verifiably written before the leak
+        hlc=Timestamp(NOW + 10),
+    )
+    for replica in (edge, top, region):
+        replica.add_revocations([revocation.encode()])
+    # region-a held only the checkpoint, past the cut: it counts nothing of the chain now, and
+    # lists it at seq 0, so global, which kept the envelopes, sends 1-2 again.
+    assert region.chain_seq(zone, edge.chain) == 0
+    cluster.partition("edge-a1", "global")  # a revoked key holds no sessions
+    cluster.partition("edge-a1", "region-a")
+    cluster.tick()  # the next periodic frontiers exchange
+    cluster.settle()
+    assert region.get(zone, "policies", "p") == top.get(zone, "policies", "p") == "write 2"
+    assert region.digest() == top.digest()
+    # The revoked zone itself, handed the envelopes (a bundle), comes to the same.
+    edge.ingest_many(top.envelopes_after(zone, edge.chain, 0, 10))
+    assert edge.digest() == top.digest()

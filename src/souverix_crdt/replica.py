@@ -2001,9 +2001,9 @@ class Replica:
     ) -> list[tuple[str, str, int, bytes]]:
         """``(scope, chain, seq, last id)`` of every chain held (within ``interest``).
 
-        A chain that an equivocation proof took back to nothing (its only content was a
-        checkpoint past the proof's sequence number) is listed at seq 0, so a peer that saw it
-        further along sends it the envelopes before the cut again.
+        A chain that a cut took back to nothing (an equivocation proof or a revocation whose
+        cut falls below the only checkpoint held of it) is listed at seq 0, so a peer that
+        kept the envelopes before the cut sends them again.
         """
         wanted = None if interest is None else tuple(interest)
         keys = self._frontier_keys.get(wanted)
@@ -2020,7 +2020,7 @@ class Replica:
         rows = []
         for key, path in keys:
             state = chains[key]
-            if state.seq or state.cut_from is not None:
+            if state.seq or state.cut_from is not None or key in self._checkpoints:
                 rows.append((path, key[1], state.seq, state.last_id))
         return rows
 
