@@ -270,7 +270,12 @@ def deliver_all(source: Replica, target: Replica, rng: random.Random, *, duplica
 
 TestOneTruth = OneTruth.TestCase
 TestOneTruth.settings = settings(
-    max_examples=int(os.environ.get("SOUVERIX_STATEFUL_EXAMPLES", "15")),
+    max_examples=int(
+        os.environ.get(
+            "SOUVERIX_STATEFUL_EXAMPLES",
+            "300" if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else "15",
+        )
+    ),
     stateful_step_count=30,
     deadline=None,
 )
