@@ -940,8 +940,10 @@ class ScopeState:
         if evicted is register:
             return key
         pairs = record.pairs
+        before = len(pairs)
         if evicted is not None and pairs:
             pairs.difference_update([p for p in pairs if _involves(p, evicted)])
+        changed = len(pairs) != before
         for _, other in history:
             if other.writer != register.writer and concurrent(register, other):
                 pairs.add(
@@ -954,7 +956,9 @@ class ScopeState:
                         rank_of=rank_of,
                     )
                 )
-        self._show(record)
+                changed = True
+        if changed:
+            self._show(record)
         return key
 
     def _show(self, record: _KeyRecord) -> None:
