@@ -100,16 +100,26 @@ class Model:
                 view.setdefault(scope, {}).setdefault(collection, {})[key] = best.value
         return view
 
-    def conflicts(self) -> set[tuple[Key, tuple[str, Timestamp], tuple[str, Timestamp]]]:
-        """Every pair of writes to one key where neither author had seen the other."""
+    def conflicts(
+        self, history: int = 16, per_key: int = 256
+    ) -> set[tuple[Key, tuple[str, Timestamp], tuple[str, Timestamp]]]:
+        """Pairs of writes to one key where neither author had seen the other.
+
+        Only pairs among the key's ``history`` greatest writes count, and per key only the
+        ``per_key`` greatest pairs (by winner, then loser): the bound every replica applies.
+        """
         pairs = set()
-        for key, writes in self.writes.items():
+        for key, every in self.writes.items():
+            writes = sorted(every, key=self.order, reverse=True)[:history]
+            found = []
             for i, a in enumerate(writes):
                 for b in writes[i + 1 :]:
                     if a.writer == b.writer or a.id in b.seen or b.id in a.seen:
                         continue
                     win, lose = (a, b) if self.order(a) > self.order(b) else (b, a)
-                    pairs.add((key, (win.writer, win.hlc), (lose.writer, lose.hlc)))
+                    found.append(((win.hlc, win.writer), (lose.hlc, lose.writer)))
+            for (win_hlc, win_writer), (lose_hlc, lose_writer) in sorted(found)[-per_key:]:
+                pairs.add((key, (win_writer, win_hlc), (lose_writer, lose_hlc)))
         return pairs
 
     def history(self, key: Key, limit: int) -> list[tuple[str, Timestamp]]:

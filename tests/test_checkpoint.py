@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import souverix_crdt.document as document
+from souverix_crdt.authority import cut_key, issue_revocation
 from souverix_crdt.checkpoint import open_checkpoint, seal_checkpoint
 from souverix_crdt.codec import decode, encode
 from souverix_crdt.document import ScopeState, WriteOp
 from souverix_crdt.errors import MalformedEnvelopeError, SignatureError
 from souverix_crdt.hlc import Timestamp
-from souverix_crdt.replica import IngestOutcome
+from souverix_crdt.lww import Register
+from souverix_crdt.replica import IngestOutcome, Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import Batch
 from souverix_crdt.sync.messages import Checkpoint, Envelopes, decode_message
@@ -192,3 +195,104 @@ def test_without_a_usable_verdict_reopening_judges_every_entry(damage: str) -> N
     reopened = cluster.restart("region-a")
     assert reopened.digest() == digest
     assert visible(reopened) == before
+
+
+def _history(replica: Replica, key: str = "k") -> list[tuple[str, Timestamp]]:
+    return [(r.writer, r.hlc) for r in replica.fleet.scope(SCOPE).history("policies", key)]
+
+
+def test_conflicts_and_history_settled_before_a_checkpoint_survive_it() -> None:
+    cluster = Cluster(FLEET, ["region-a", "global", "edge-a1"])
+    region, top = cluster["region-a"], cluster["global"]
+    region.scope(SCOPE).policies.set("k", "x-1")  # blind: concurrent with y-1
+    top.scope(SCOPE).policies.set("k", "y-1")
+    cluster.link("region-a", "global")
+    cluster.settle()
+    region.scope(SCOPE).policies.set("k", "x-2")  # has seen y-1: no conflict with it
+    cluster.settle()  # global replays region-a from its first envelope
+    [record] = top.conflicts()
+    assert {record.winner.writer, record.loser.writer} == {region.chain, top.chain}
+    assert region.checkpoint(SCOPE) is not None
+    assert cluster.stores["region-a"].envelopes_after(SCOPE, region.chain, 0, 100) == []
+    cluster.link("region-a", "edge-a1")  # edge-a1 starts from region-a's checkpoint
+    cluster.settle()
+    fresh = cluster["edge-a1"]
+    assert fresh.chain_seq(SCOPE, region.chain) == 2
+    assert cluster.stores["edge-a1"].envelopes_after(SCOPE, region.chain, 0, 100) == []
+    for replica in (region, fresh, cluster.restart("region-a"), cluster.restart("edge-a1")):
+        assert replica.conflicts() == [record]
+        assert _history(replica) == _history(top)
+        assert replica.digest() == top.digest()
+    assert len(_history(top)) == 3
+
+
+def test_past_registers_a_checkpoint_carries_count_only_if_older_than_the_head() -> None:
+    cluster = Cluster(FLEET, ["region-a", "global"])
+    region = cluster["region-a"]
+    region.scope(SCOPE).policies.set("k", "x-1")
+    region.scope(SCOPE).policies.set("k", "x-2")
+    region.scope(SCOPE).policies.set("later", True)  # the checkpoint's HLC is past k's head
+    honest = region.checkpoint(SCOPE)
+    assert honest is not None
+    verified = open_checkpoint(
+        honest, region.authority, physical_now=NOW, max_offset=region.clock.max_offset
+    )
+    [(collection, key, past)] = verified.history
+    # A forged past register dated after the head (within the checkpoint's own HLC) would
+    # show in history above the value the writer's envelopes actually left.
+    forged = attrs.evolve(Register.decode(past, region.chain), hlc=verified.header.hlc)
+    data = seal_checkpoint(
+        region.identity.signing_key,
+        fleet_id=region.fleet_id,
+        scope=SCOPE,
+        epoch=region.epoch,
+        seq=verified.header.seq,
+        prev=verified.header.prev,
+        last_id=verified.last_id,
+        hlc=verified.header.hlc,
+        state_vector=verified.header.state_vector,
+        state=verified.state,
+        delegation_digest=verified.header.delegation,
+        history=[(collection, key, past), (collection, key, forged.encode())],
+    )
+    top = cluster["global"]
+    top.add_delegations(region.delegations())
+    assert top.ingest_checkpoint(data).outcome is IngestOutcome.APPLIED
+    assert [r.value for r in top.fleet.scope(SCOPE).history("policies", "k")] == ["x-2", "x-1"]
+
+
+def test_a_revocation_cut_below_a_checkpoint_counts_the_same_everywhere() -> None:
+    zone = "global/region-a/edge-a1"
+    cluster = Cluster(FLEET, ["edge-a1", "global", "region-a"])
+    edge, top, region = cluster["edge-a1"], cluster["global"], cluster["region-a"]
+    for i in range(1, 5):
+        edge.scope(zone).policies.set("p", f"write {i}")
+    cluster.link("edge-a1", "global")
+    cluster.settle()  # global keeps the envelopes
+    assert edge.checkpoint(zone) is not None  # edge-a1 compacts its log
+    cluster.link("edge-a1", "region-a")
+    cluster.settle()  # region-a starts from the checkpoint
+    assert cluster.stores["region-a"].envelopes_after(zone, edge.chain, 0, 10) == []
+    cluster.link("global", "region-a")
+    cluster.settle()  # each sees the other at seq 4
+    revocation = issue_revocation(
+        FLEET["region-a"].key,
+        fleet_id=FLEET.anchors.fleet_id,
+        revoked=edge.identity.key_id,
+        cut={cut_key(zone, edge.epoch): 2},  # what was verifiably written before the leak
+        hlc=Timestamp(NOW + 10),
+    )
+    for replica in (edge, top, region):
+        replica.add_revocations([revocation.encode()])
+    # region-a held only the checkpoint, past the cut: it counts nothing of the chain now, and
+    # lists it at seq 0, so global, which kept the envelopes, sends 1-2 again.
+    assert region.chain_seq(zone, edge.chain) == 0
+    cluster.partition("edge-a1", "global")  # a revoked key holds no sessions
+    cluster.partition("edge-a1", "region-a")
+    cluster.tick()  # the next periodic frontiers exchange
+    cluster.settle()
+    assert region.get(zone, "policies", "p") == top.get(zone, "policies", "p") == "write 2"
+    assert region.digest() == top.digest()
+    # The revoked zone itself, handed the envelopes (a bundle), comes to the same.
+    edge.ingest_many(top.envelopes_after(zone, edge.chain, 0, 10))
+    assert edge.digest() == top.digest()

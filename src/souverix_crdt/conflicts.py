@@ -6,32 +6,33 @@ of its own: the winner is the strategy's maximum, the same rule that picks the v
 It records each conflicting pair once, as a :class:`ConflictRecord` naming winner, loser,
 strategy and reason.
 
-Why the log is identical on every replica: a pair is detected when the second of its two
-registers arrives, by comparing it with the other writers' retained registers for that key (a
-bounded chain per writer and key). Each writer's registers arrive in its sequence order, so its
-chain for a key is the same list on every replica, and the set of concurrent pairs found is
-the same whatever the interleaving between writers. The log is a set, read back in a canonical
-order (by the winner's HLC, then the rest of the record), never in arrival order.
+Why the log is identical on every replica: conflicts are found among the key's *history*, its
+``history_limit`` greatest registers under the strategy's order, taken over every register the
+replica has indexed for the key. The greatest N of a set do not depend on the order its members
+arrived in, so history, and the concurrent pairs inside it, are a function of the registers a
+replica holds: of the envelopes it accepted, and of what the checkpoints it started from carry
+(each writer's past registers still in some history). A conflict stays in the log while both of
+its registers are in the key's history; when newer registers push one out, the record leaves
+the log on every replica alike. Per key, the log shows at most ``conflicts_per_key`` records,
+the greatest under the records' own order (:func:`bounded`). Recording a register costs one
+comparison per register in the key's history, however many chains wrote the key before.
 
-The chains are bounded (``window`` registers per writer and key). Detection is exact as long as a
-writer does not overwrite one key more than ``window`` times while another writer's concurrent
-write to it is still in flight; past that, the oldest pairs are no longer found on a replica that
-learns of them late. The default window (64) is far beyond what fleet configuration sees.
+The log is a set, read back in a canonical order (by the winner's HLC, then the rest of the
+record), never in arrival order.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 
 from .hlc import Timestamp
-from .lww import KeyRef, RankOf, Register, Strategy, concurrent, order_key
+from .lww import KeyRef, RankOf, Register, Strategy, order_key
 from .naming import describe_writer
 
-__all__ = ["ConflictLog", "ConflictRecord", "RegisterId", "find_concurrent", "settle"]
+__all__ = ["ConflictLog", "ConflictRecord", "RegisterId", "bounded", "settle"]
 
 
 @attrs.frozen(order=True)
@@ -133,21 +134,12 @@ def settle(
     )
 
 
-def find_concurrent(register: Register, chains: Mapping[str, deque[Register]]) -> list[Register]:
-    """The registers of other writers' chains (for one key) that ``register`` conflicts with."""
-    found: list[Register] = []
-    for writer, chain in chains.items():
-        if writer == register.writer:
-            continue
-        seen = register.context.get(writer)
-        # Newest first: once a register is older than what the author had seen, every
-        # earlier one is too (a writer's chain is in its own order, which is HLC order).
-        for other in reversed(chain):
-            if seen is not None and other.hlc <= seen:
-                break
-            if concurrent(register, other):
-                found.append(other)
-    return found
+def bounded(records: Iterable[ConflictRecord], limit: int) -> set[ConflictRecord]:
+    """The ``limit`` greatest of one key's records (all of them if there are no more)."""
+    kept = set(records)
+    if len(kept) <= limit:
+        return kept
+    return set(sorted(kept)[-limit:])
 
 
 class ConflictLog:
@@ -167,6 +159,10 @@ class ConflictLog:
         for callback in list(self._subscribers):
             callback(record)
         return True
+
+    def discard(self, record: ConflictRecord) -> None:
+        """Forget ``record`` (its key's history no longer holds both of its registers)."""
+        self._records.discard(record)
 
     def subscribe(self, callback: Callable[[ConflictRecord], None]) -> Callable[[], None]:
         """Call ``callback`` for every new record; returns a function that unsubscribes."""

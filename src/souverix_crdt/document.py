@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple, NoReturn, Protocol, TypeAlias
 
@@ -30,7 +29,7 @@ import attrs
 import msgpack
 import pycrdt
 
-from .conflicts import ConflictLog, ConflictRecord, find_concurrent, settle
+from .conflicts import ConflictLog, ConflictRecord, bounded, settle
 from .errors import DecodeError, InvalidUpdateError, InvalidValueError, UnknownCollectionError
 from .hlc import Timestamp
 from .lww import (
@@ -40,6 +39,7 @@ from .lww import (
     Strategy,
     VersionRef,
     check_storable,
+    concurrent,
     order_key,
     register_stamp,
     supersedes,
@@ -468,14 +468,20 @@ class _KeyRecord:
     index holds just the winning writer's id and reads the register back from its document.
     A key gets a record when its second register arrives, seeded with the first, so conflict
     detection and history see every register either way.
+
+    ``history`` is the key's greatest registers under the strategy's order (every register ever
+    indexed, bounded to the history limit), and ``pairs`` the conflicts among them: both are
+    functions of the set of registers, whatever the order they arrived in. ``shown`` is the
+    part of ``pairs`` in the audit log (all of it unless it passes the per-key bound).
     """
 
-    __slots__ = ("chains", "heads", "history", "winner", "winner_key")
+    __slots__ = ("heads", "history", "pairs", "shown", "winner", "winner_key")
 
     def __init__(self) -> None:
         self.heads: dict[str, Register] = {}
         self.history: list[tuple[tuple[Any, ...], Register]] = []
-        self.chains: dict[str, deque[Register]] = {}
+        self.pairs: set[ConflictRecord] = set()
+        self.shown: set[ConflictRecord] = set()
         self.winner: Register | None = None
         self.winner_key: tuple[Any, ...] = ()
 
@@ -488,7 +494,8 @@ class ScopeState:
         strategy: How concurrent registers are ordered.
         policy: Writer ranks and which collections count per writer.
         history_limit: Registers kept per key in :meth:`history`.
-        conflict_window: Registers kept per writer and key for conflict detection.
+        conflicts_per_key: Conflict records kept per key in the audit log (the greatest under
+            the records' order, identically on every replica).
         max_pending: Early arrivals held per writer.
         conflict_log: Where settled conflicts are recorded (shared across scopes by
             :class:`FleetState`).
@@ -501,7 +508,7 @@ class ScopeState:
         strategy: Strategy = Strategy.LAST_WRITER_WINS,
         policy: WriterPolicy | None = None,
         history_limit: int = 16,
-        conflict_window: int = 64,
+        conflicts_per_key: int = 256,
         max_pending: int = DEFAULT_MAX_PENDING,
         conflict_log: ConflictLog | None = None,
     ) -> None:
@@ -510,7 +517,7 @@ class ScopeState:
         self.strategy = strategy
         self.policy: WriterPolicy = policy if policy is not None else AllowAll()
         self.history_limit = history_limit
-        self.conflict_window = conflict_window
+        self.conflicts_per_key = conflicts_per_key
         self.max_pending = max_pending
         self.documents: dict[str, WriterDocument] = {}
         self.conflicts = conflict_log if conflict_log is not None else ConflictLog()
@@ -870,8 +877,12 @@ class ScopeState:
         *,
         max_hlc: Timestamp | None = None,
         invalid: Iterable[KeyRef] | None = None,
+        history: Iterable[tuple[str, str, bytes]] = (),
     ) -> list[KeyRef]:
         """Bring a writer's document forward to a snapshot of it taken at sequence ``seq``.
+
+        ``history`` is the writer's past registers the snapshot carries
+        (:meth:`remember_history`).
 
         The snapshot is a full-state pycrdt update; what the document already holds merges
         idempotently. Only moves forward.
@@ -893,6 +904,7 @@ class ScopeState:
             changed = self.apply_next(writer, state, max_hlc=max_hlc)
         doc.seq = seq
         self._pending.pop(writer, None)
+        self.remember_history(writer, history, max_hlc)
         return changed
 
     def _load_judged(self, doc: WriterDocument, state: bytes, invalid: set[KeyRef]) -> list[KeyRef]:
@@ -956,26 +968,12 @@ class ScopeState:
         """Add a tracked key's new register; True if it became the winner."""
         record = self._records[ref]
         record.heads[register.writer] = register
-        rank_of = self.policy.rank
+        key = self._remember(ref, record, register)
         strategy = self.strategy
-        for other in find_concurrent(register, record.chains):
-            self.conflicts.add(
-                settle(
-                    register, other, scope=self.path, ref=ref, strategy=strategy, rank_of=rank_of
-                )
-            )
-        chain = record.chains.get(register.writer)
-        if chain is None:
-            chain = record.chains[register.writer] = deque(maxlen=self.conflict_window)
-        chain.append(register)
-        key = order_key(register, strategy, rank_of)
-        # Top-N of a set is order independent: top(S + x) == top(top(S) + x).
-        bisect.insort(record.history, (key, register), key=_first)
-        if len(record.history) > self.history_limit:
-            del record.history[0]
         if strategy is Strategy.AUTHORITY_PRECEDENCE:
             # Causal first: the new register may supersede the winner whatever the ranks, or
             # replace its writer's head that was superseding another one; judged over the heads.
+            rank_of = self.policy.rank
             best = winner(record.heads.values(), strategy, rank_of)
             if best is record.winner or best is None:
                 return False
@@ -987,6 +985,107 @@ class ScopeState:
             self._winner_of[ref[0]][ref[1]] = register.writer
             return True
         return False
+
+    def _remember(self, ref: KeyRef, record: _KeyRecord, register: Register) -> tuple[Any, ...]:
+        """Put a register into the key's bounded history and its conflicts; its order key.
+
+        History is the top ``history_limit`` registers of the key, and a conflict is recorded
+        between two concurrent registers while both are in it. The top N of a set is order
+        independent (``top(S + x) == top(top(S) + x)``), so history and conflicts are a function
+        of the registers a replica holds, and recording one costs O(history), however many
+        chains wrote the key before.
+        """
+        strategy = self.strategy
+        rank_of = self.policy.rank
+        key = order_key(register, strategy, rank_of)
+        history = record.history
+        at = bisect.bisect_left(history, key, key=_first)
+        for other_key, other in history[at:]:
+            if other_key != key:
+                break
+            if other == register:
+                return key  # already remembered (a checkpoint over envelopes this replica holds)
+        history.insert(at, (key, register))
+        evicted = history.pop(0)[1] if len(history) > self.history_limit else None
+        if evicted is register:
+            return key
+        pairs = record.pairs
+        before = len(pairs)
+        if evicted is not None and pairs:
+            pairs.difference_update([p for p in pairs if _involves(p, evicted)])
+        changed = len(pairs) != before
+        for _, other in history:
+            if other.writer != register.writer and concurrent(register, other):
+                pairs.add(
+                    settle(
+                        register,
+                        other,
+                        scope=self.path,
+                        ref=ref,
+                        strategy=strategy,
+                        rank_of=rank_of,
+                    )
+                )
+                changed = True
+        if changed:
+            self._show(record)
+        return key
+
+    def _show(self, record: _KeyRecord) -> None:
+        """Bring the audit log in line with the key's conflicts (bounded per key)."""
+        shown = bounded(record.pairs, self.conflicts_per_key)
+        if shown == record.shown:
+            return
+        for gone in record.shown - shown:
+            self.conflicts.discard(gone)
+        for new in sorted(shown - record.shown):
+            self.conflicts.add(new)
+        record.shown = shown
+
+    def own_history(self, writer: str) -> list[tuple[str, str, bytes]]:
+        """The writer's registers in the keys' histories, apart from its current heads.
+
+        They are what a snapshot of the writer's document cannot rebuild (the document keeps
+        only the newest register per key); a checkpoint carries them, so a replica starting
+        from it holds the same history and conflicts as one that replayed the chain.
+        """
+        found: list[tuple[str, str, bytes]] = []
+        for (collection, name), record in sorted(self._records.items()):
+            head = record.heads.get(writer)
+            for _, register in record.history:
+                if register.writer == writer and register != head:
+                    found.append((collection, name, register.encode()))
+        return found
+
+    def remember_history(
+        self, writer: str, entries: Iterable[tuple[str, str, bytes]], max_hlc: Timestamp | None
+    ) -> None:
+        """Take a writer's past registers (from its checkpoint) into the keys' histories.
+
+        An entry counts only if it decodes to a register of ``writer`` older than the writer's
+        current head for that key and within ``max_hlc``; anything else is ignored, the same
+        way on every replica.
+        """
+        allowed = self._allowed(writer)
+        per_key: dict[KeyRef, int] = {}
+        for collection, name, data in entries:
+            if collection not in _COLLECTION_SET or not allowed[collection]:
+                continue
+            ref = (collection, name)
+            if per_key.get(ref, 0) >= self.history_limit:
+                continue  # more than history can hold: the rest could never show
+            head_data = self.documents[writer].get(collection, name)
+            if head_data is None or ref in self.documents[writer].invalid:
+                continue
+            try:
+                register = Register.decode(data, writer)
+                head = Register.decode(head_data, writer)
+            except DecodeError:
+                continue
+            if register.hlc >= head.hlc or (max_hlc is not None and register.hlc > max_hlc):
+                continue
+            per_key[ref] = per_key.get(ref, 0) + 1
+            self._remember(ref, self._record(ref, None), register)
 
     def _drop_head(self, ref: KeyRef, writer: str, old: bytes | bytearray | None) -> bool:
         """A writer's entry vanished or became invalid; True if the winner changed."""
@@ -1038,10 +1137,20 @@ class ScopeState:
     def rebuild_index(self) -> None:
         """Recompute the index from the documents (after a policy change: a rank or a grant).
 
-        The audit log is not rebuilt: records already settled stay, as an audit log should.
+        The registers in the keys' histories are kept and re-ordered under the new policy, so
+        history and conflicts stay those of the registers held.
         """
+        past = [
+            (ref, register)
+            for ref, record in self._records.items()
+            for _, register in record.history
+            if record.heads.get(register.writer) != register
+        ]
         for table in self._winner_of.values():
             table.clear()
+        for record in self._records.values():
+            for shown in record.shown:
+                self.conflicts.discard(shown)
         self._records.clear()
         for writer, doc in sorted(self.documents.items()):
             allowed = self._allowed(writer)
@@ -1058,6 +1167,9 @@ class ScopeState:
                 else:
                     self._record(ref, None)
                     self._index(ref, register)
+        for ref, register in past:
+            if self.policy.allows(register.writer, ref[0]):
+                self._remember(ref, self._record(ref, None), register)
 
 
 def entry_bytes(
@@ -1088,6 +1200,14 @@ def _judge(invalid: set[KeyRef], ref: KeyRef, is_invalid: bool) -> None:
         invalid.discard(ref)
 
 
+def _involves(record: ConflictRecord, register: Register) -> bool:
+    rid = (register.hlc, register.writer, register.version)
+    for side in (record.winner, record.loser):
+        if (side.hlc, side.writer, side.version) == rid:
+            return True
+    return False
+
+
 def _counts(data: bytes | bytearray, max_hlc: Timestamp | None) -> bool:
     """True if ``data`` is a valid register dated no later than ``max_hlc``."""
     try:
@@ -1108,6 +1228,7 @@ class FleetState:
         strategy_for: The strategy of each scope (default: last-writer-wins everywhere).
         policy: Writer ranks and collection rights, shared by every scope.
         history_limit: Registers kept per key in history.
+        conflicts_per_key: Conflict records kept per key in the audit log.
     """
 
     def __init__(
@@ -1116,10 +1237,12 @@ class FleetState:
         strategy_for: Callable[[Scope], Strategy] | None = None,
         policy: WriterPolicy | None = None,
         history_limit: int = 16,
+        conflicts_per_key: int = 256,
     ) -> None:
         self._strategy_for = strategy_for or (lambda _scope: Strategy.LAST_WRITER_WINS)
         self.policy: WriterPolicy = policy if policy is not None else AllowAll()
         self.history_limit = history_limit
+        self.conflicts_per_key = conflicts_per_key
         self.scopes: dict[Scope, ScopeState] = {}
         self.conflicts = ConflictLog()
         self._subscribers: list[Callable[[Sequence[Change]], None]] = []
@@ -1134,6 +1257,7 @@ class FleetState:
                 strategy=self._strategy_for(key),
                 policy=self.policy,
                 history_limit=self.history_limit,
+                conflicts_per_key=self.conflicts_per_key,
                 conflict_log=self.conflicts,
             )
         return state

@@ -82,7 +82,7 @@ from .authority import (
     TrustAnchors,
 )
 from .authority import verify_chain as _verify_chain
-from .checkpoint import open_checkpoint, seal_checkpoint
+from .checkpoint import VerifiedCheckpoint, open_checkpoint, seal_checkpoint
 from .codec import DEFAULT_LIMITS as DEFAULT_DECODE_LIMITS
 from .codec import decode, encode, encode_canonical
 from .conflicts import ConflictRecord
@@ -103,6 +103,7 @@ from .errors import (
     EquivocationError,
     InvalidUpdateError,
     QuarantinedError,
+    SignatureError,
     SouverixError,
     StoreError,
     TooLargeError,
@@ -146,6 +147,26 @@ def _size(data: object) -> int:
     if isinstance(data, memoryview):
         return data.nbytes
     return len(data) if isinstance(data, bytes | bytearray) else 0
+
+
+def _contradiction(
+    a: VerifiedEnvelope | VerifiedCheckpoint, b: VerifiedEnvelope | VerifiedCheckpoint
+) -> str | None:
+    """What makes two signed items of one (scope, chain, seq) an equivocation, if anything.
+
+    Two envelopes: different ids. A checkpoint commits to the envelope at its sequence number:
+    its id (``last_id``), and the header facts they share (``prev``, ``hlc``, the document's
+    state vector); a checkpoint that differs from that envelope, or from another checkpoint
+    of the same sequence number, in any of them is a second history of the chain.
+    """
+    if isinstance(a, VerifiedEnvelope) and isinstance(b, VerifiedEnvelope):
+        return "two envelopes" if a.id != b.id else None
+    facts = []
+    for item in (a, b):
+        header = item.header
+        last = item.last_id if isinstance(item, VerifiedCheckpoint) else item.id
+        facts.append((last, header.prev, header.hlc, header.state_vector))
+    return "checkpoint" if facts[0] != facts[1] else None
 
 
 def _verdict_key(key: tuple[Scope, str]) -> str:
@@ -539,7 +560,10 @@ class Replica:
         self.authority = Authority(anchors)
         self.policy = _GrantPolicy()
         self.fleet = FleetState(
-            strategy_for=self._strategy_for, policy=self.policy, history_limit=history_limit
+            strategy_for=self._strategy_for,
+            policy=self.policy,
+            history_limit=history_limit,
+            conflicts_per_key=limits.conflicts_per_key,
         )
         self._chains: dict[Key, _Chain] = {}
         # Per interest, the chains it covers in frontier order (cleared when a chain appears),
@@ -563,6 +587,9 @@ class Replica:
         self._authority_dirty = False
         #: Grows each time a delegation, revocation or equivocation proof is learned.
         self.authority_version = 0
+        #: Grows each time a scope is rebuilt (a late revocation or proof): chains may then hold
+        #: less than they did, which sessions must tell their peers.
+        self.rebuilds = 0
         self._proofs: dict[Key, tuple[int, bytes, bytes]] = {}
         #: Envelopes refused for reasons that cannot change (see :mod:`souverix_crdt.refusals`).
         self.refused = RefusalLog()
@@ -591,7 +618,8 @@ class Replica:
         for checkpoint in self.store.checkpoints():
             key = (Scope.parse(checkpoint.scope), checkpoint.writer)
             self._checkpoints[key] = (checkpoint.seq, checkpoint.data)
-            self._restore_checkpoint(key)
+            cut = self._chain(key).cut_from
+            self._restore_checkpoint(key, limit=None if cut is None else cut - 1)
         for stored in self.store.iter_envelopes():
             key = (Scope.parse(stored.scope), stored.writer)
             state = self._chain(key)
@@ -716,6 +744,7 @@ class Replica:
             verified.state,
             max_hlc=verified.header.hlc,
             invalid=self._stored_verdict(key, kept[0]),
+            history=verified.history,
         )
         state.seq, state.last_id = kept[0], verified.last_id
         return True
@@ -1131,6 +1160,10 @@ class Replica:
             return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION)
         if header.seq <= state.seq:
             held = self._held_id(key, header.seq, batch)
+            kept = self._checkpoints.get(key)
+            if held is None and kept is not None and kept[0] == header.seq:
+                # Compacted here: the envelope meets the checkpoint that summarises it.
+                return self._against_checkpoint(key, kept[1], data, step, base)
             if held is None or held == verified.id:
                 return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
             return self._equivocation(key, header.seq, (held, None), verified, step, base)
@@ -1424,6 +1457,53 @@ class Replica:
         )
         return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION, error=error)
 
+    def _checkpoint_behind(
+        self, key: Key, data: bytes, source: str | None, base: IngestResult
+    ) -> IngestResult:
+        """A checkpoint at or below the chain's head: a duplicate, or a contradiction of it."""
+        seq = base.seq
+        held = self.store.envelope_at(str(key[0]), key[1], seq)
+        kept = self._checkpoints.get(key)
+        if held is not None:
+            other = held.data
+        elif kept is not None and kept[0] == seq and kept[1] != data:
+            other = kept[1]
+        else:
+            return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+        step = _Step(source)
+        result = self._against_checkpoint(key, data, other, step, base)
+        self._finish(step, self.clock.last)  # announces the proof (authority changed)
+        return result
+
+    def _against_checkpoint(
+        self, key: Key, checkpoint: bytes, other: bytes, step: _Step, base: IngestResult
+    ) -> IngestResult:
+        """A checkpoint met the envelope (or another checkpoint) at its sequence number.
+
+        If they contradict each other (:func:`_contradiction`) the pair is an equivocation
+        proof, recorded and forwarded like two envelopes at one sequence number.
+        """
+        seq = read_header(checkpoint).seq
+        if _contradiction(self._open_item(checkpoint), self._open_item(other)) is None:
+            return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+        self._record_proof(key, seq, checkpoint, other, step.batch)
+        step.touched.add(key)
+        error = EquivocationError(
+            f"a checkpoint of seq {seq} of {key[1]} in {key[0]} contradicts the chain",
+            reason="checkpoint-equivocation",
+            scope=str(key[0]),
+            writer=chain_writer(key[1]),
+        )
+        return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION, error=error)
+
+    def _open_item(self, data: bytes) -> VerifiedEnvelope | VerifiedCheckpoint:
+        """An envelope or a checkpoint of a proof, verified (at any age: it was signed)."""
+        physical = max(self.clock.physical(), 0)
+        try:
+            return open_envelope(data, self.authority, physical_now=physical, max_offset=1 << 62)
+        except SignatureError:
+            return open_checkpoint(data, self.authority, physical_now=physical, max_offset=1 << 62)
+
     def _proves_more(self, key: Key, seq: int, first: bytes, second: bytes) -> bool:
         """True if a proof at ``seq`` made of ``(first, second)`` replaces what is held.
 
@@ -1455,22 +1535,23 @@ class Replica:
             self._rebuild(key, pending_batch=batch)
 
     def add_proof(self, first: bytes, second: bytes) -> bool:
-        """Take an equivocation proof from a peer: two verified envelopes, one (scope, chain, seq).
+        """Take an equivocation proof from a peer: two signed items at one (scope, chain, seq).
+
+        Either two envelopes, or a checkpoint and the envelope (or another checkpoint) at its
+        sequence number that it contradicts (:func:`_contradiction`).
 
         Returns:
             True if it was new and applied.
 
         Raises:
-            EquivocationError: if the two envelopes do not prove an equivocation.
-            AuthorityError: if either envelope does not verify.
+            EquivocationError: if the two items do not prove an equivocation.
+            AuthorityError: if either item does not verify.
         """
-        physical = max(self.clock.physical(), 0)
-        opened = [
-            open_envelope(d, self.authority, physical_now=physical, max_offset=1 << 62)
-            for d in (first, second)
-        ]
+        opened = [self._open_item(d) for d in (first, second)]
         a, b = (o.header for o in opened)
-        if (a.scope, a.chain, a.seq) != (b.scope, b.chain, b.seq) or opened[0].id == opened[1].id:
+        if (a.scope, a.chain, a.seq) != (b.scope, b.chain, b.seq) or _contradiction(
+            *opened
+        ) is None:
             raise EquivocationError("not two envelopes of one sequence number", reason="proof")
         key = (a.scope, a.chain)
         if key not in self._chains:
@@ -1502,6 +1583,7 @@ class Replica:
         self._rebuild_scope(key[0], pending_batch=pending_batch)
 
     def _rebuild_scope(self, scope: Scope, *, pending_batch: Batch | None = None) -> None:
+        self.rebuilds += 1
         scope_state = self.fleet.scope(scope)
         scope_state.reset()
         self.fleet.conflicts.discard_scope(str(scope))
@@ -1592,6 +1674,7 @@ class Replica:
             state_vector=document.state_vector(),
             state=document.encode_state(),
             delegation_digest=header.delegation,
+            history=self.fleet.scope(target).own_history(self.chain),
         )
         self.store.commit(
             Batch(
@@ -1638,14 +1721,18 @@ class Replica:
         if state.cut_from is not None and header.seq >= state.cut_from:
             return attrs.evolve(base, outcome=IngestOutcome.EQUIVOCATION)
         if header.seq <= state.seq:
-            return attrs.evolve(base, outcome=IngestOutcome.DUPLICATE)
+            return self._checkpoint_behind(key, data, source, base)
         step = _Step(source)
         before = self.clock.last
         self.policy.grants[header.chain] = verified.grant
         scope_state = self.fleet.scope(header.scope)
         try:
             changed = scope_state.apply_checkpoint(
-                header.chain, header.seq, verified.state, max_hlc=header.hlc
+                header.chain,
+                header.seq,
+                verified.state,
+                max_hlc=header.hlc,
+                history=verified.history,
             )
         except InvalidUpdateError as exc:
             if not known:
@@ -1961,7 +2048,12 @@ class Replica:
     def frontiers(
         self, interest: Sequence[Scope] | None = None
     ) -> list[tuple[str, str, int, bytes]]:
-        """``(scope, chain, seq, last id)`` of every chain held (within ``interest``)."""
+        """``(scope, chain, seq, last id)`` of every chain held (within ``interest``).
+
+        A chain that a cut took back to nothing (an equivocation proof or a revocation whose
+        cut falls below the only checkpoint held of it) is listed at seq 0, so a peer that
+        kept the envelopes before the cut sends them again.
+        """
         wanted = None if interest is None else tuple(interest)
         keys = self._frontier_keys.get(wanted)
         if keys is None:
@@ -1977,7 +2069,7 @@ class Replica:
         rows = []
         for key, path in keys:
             state = chains[key]
-            if state.seq:
+            if state.seq or state.cut_from is not None or key in self._checkpoints:
                 rows.append((path, key[1], state.seq, state.last_id))
         return rows
 

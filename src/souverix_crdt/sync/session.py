@@ -296,6 +296,7 @@ class SyncSession:
         # Digests of the authority items (delegations, revocations, proofs) the peer is known
         # to hold: all we sent it, all it sent us.
         self._peer_items: set[bytes] = set()
+        self._rebuilds_seen = replica.rebuilds
         # The peer's shared authority digest, as its last frontiers said.
         self._peer_authority: bytes | None = None
         # Per chain, the lowest seq the peer refused for good on this session, or for now
@@ -644,7 +645,7 @@ class SyncSession:
     def handle_authority(self, items: AuthorityItems) -> None:
         """Learn delegations, revocations and equivocation proofs (each verified on arrival)."""
         replica = self.replica
-        version = replica.authority_version
+        version, rebuilds = replica.authority_version, replica.rebuilds
         if items.digest:
             self._peer_authority = items.digest  # where the peer stands, having sent these
         self._peer_items.update(hashlib.sha256(item).digest() for item in items.delegations)
@@ -657,7 +658,11 @@ class SyncSession:
                 replica.add_proof(first, second)
             except SouverixError:
                 continue
-        if replica.authority_version != version and self.state is SessionState.OPEN:
+        if (
+            replica.authority_version != version
+            and replica.rebuilds == rebuilds  # a rebuild already sent our frontiers
+            and self.state is SessionState.OPEN
+        ):
             # We learned something: tell the peer where our shared authority now stands, so it
             # knows whether we still lack anything (a session is not caught up until we don't).
             # Items with only a digest, not frontiers: frontiers would make the peer resend
@@ -831,6 +836,11 @@ class SyncSession:
             return
         if self.state is SessionState.OPEN:
             self._send_authority()
+            if self.replica.rebuilds != self._rebuilds_seen:
+                # A chain may now hold less than the peer was told (a cut, a proof): tell it,
+                # so it sends again what counts now.
+                self._rebuilds_seen = self.replica.rebuilds
+                self._send_frontiers()
 
     def _merge_frontiers(self, rows: Sequence[FrontierRow], *, reset: bool) -> None:
         for row in rows:
