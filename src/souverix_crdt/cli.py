@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.table import Table
 
 from souverix_crdt.federation.status import LinkState, LinkStatus
+from souverix_crdt.plane.control import ControlError
+from souverix_crdt.plane.control import request as control_request
 from souverix_crdt.plane.keydir import (
     TOPOLOGY_FILE,
     cut_from_store,
@@ -63,6 +65,7 @@ from souverix_crdt.plane.peer import (
     link_record,
     load_peer_config,
     open_replica,
+    open_writing_replica,
 )
 from souverix_crdt.plane.topology import (
     Topology,
@@ -198,6 +201,33 @@ def _opened(config: PeerConfig, *, create: bool = False) -> Iterator[Replica]:
         yield replica
     finally:
         replica.close()
+
+
+def _through_plane(config: PeerConfig, message: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The reply of the plane's running process, or ``None`` when no process serves it.
+
+    Raises:
+        click.ClickException: the running plane refused the request.
+    """
+    path = config.control_socket
+    if path is None:
+        return None
+    try:
+        return control_request(path, message)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None  # no process runs (or a stale socket file): the store is used
+    except ControlError as exc:
+        if exc.error in _AUTHORITY_ERRORS:
+            raise click.ClickException(
+                f"refused: {config.plane} may not write that: {_one_line(exc)}"
+            ) from exc
+        raise click.ClickException(f"{config.plane} (running): {exc.error}: {exc}") from exc
+
+
+#: Errors a running plane reports for a write its key may not make.
+_AUTHORITY_ERRORS: Final = frozenset(
+    {"ScopeViolationError", "CapabilityViolationError", "RevokedError", "ExpiredError"}
+)
 
 
 # --------------------------------------------------------------------------- the group
@@ -634,9 +664,30 @@ def peer() -> None:
     """Run a control plane as a process, or write and read through its store."""
 
 
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        document = {
+            "time": f"{moment}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, sort_keys=True)
+
+
 def _write_ready_file(path: Path, process: PeerProcess) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    document = {"pid": os.getpid(), "plane": process.config.plane, "port": process.port}
+    document = {
+        "pid": os.getpid(),
+        "plane": process.config.plane,
+        "port": process.port,
+        "metrics_port": None if process.metrics is None else process.metrics.port,
+    }
     temporary.write_text(json.dumps(document) + "\n", "utf-8")
     temporary.replace(path)
 
@@ -660,15 +711,25 @@ def _write_ready_file(path: Path, process: PeerProcess) -> None:
     default="info",
     show_default=True,
 )
-def peer_run(*, config_path: Path, ready_file: Path | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects (time, level, logger, message), one a line.",
+)
+def peer_run(
+    *, config_path: Path, ready_file: Path | None, log_level: str, log_format: str
+) -> None:
     """Run one control plane until SIGTERM or SIGINT: serve, dial, sync and log each sync."""
     config = load_peer_config(config_path)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(message)s",
-        stream=sys.stderr,
-        force=True,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLogFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, log_level.upper()), handlers=[handler], force=True)
 
     async def run() -> None:
         stopping = asyncio.Event()
@@ -717,27 +778,49 @@ def peer_write(
     key: str,
     value: str,
 ) -> None:
-    """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key, into its store.
+    """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key.
 
-    A running peer process of that plane picks the write up from its store and syncs it.
-    A write the key has no authority for is refused, and nothing is written.
+    When the plane's peer process runs, the write goes through its control socket: it is
+    signed under the plane's chain and synced at once. Otherwise it is written to the store
+    under the same chain (which the store keeps across clean closes). A write the key has no
+    authority for is refused, and nothing is written.
     """
     config = _peer_config(config_path, keys_dir, plane, store_path)
     parsed = _parse_value(value, as_json=as_json)
     target = Scope.parse(scope)
+    message = {
+        "op": "write",
+        "scope": str(target),
+        "collection": collection,
+        "key": key,
+        "value": parsed,
+    }
+    reply = _through_plane(config, message)
+    if reply is not None:
+        receipt = reply["receipt"]
+        click.echo(
+            f"wrote {collection}.{key} at {receipt['scope']} as {config.plane} through its "
+            f"running process (seq {receipt['seq']}, hlc {receipt['hlc']})"
+        )
+        return
     federation = load_keys(config.keys)
-    with _opened(config, create=True) as replica:
+    with _progress(f"opening {config.plane}'s replica ({config.store})"):
+        replica, lease = open_writing_replica(config, keys=federation)
+    try:
         learn_key_directory(replica, federation, config.keys)
         try:
-            receipt = replica.scope(target).collection(collection).set(key, parsed)
+            written = replica.scope(target).collection(collection).set(key, parsed)
         except AuthorityError as exc:
             raise click.ClickException(
                 f"refused: {config.plane} (key {replica.identity.key_id[:16]}) may not write "
                 f"{collection} at {target}: {_one_line(exc)}"
             ) from exc
+    finally:
+        lease.close(replica.store)
+        replica.close()
     click.echo(
-        f"wrote {collection}.{key} at {receipt.scope} as {config.plane} "
-        f"(seq {receipt.seq}, hlc {receipt.hlc})"
+        f"wrote {collection}.{key} at {written.scope} as {config.plane} "
+        f"(seq {written.seq}, hlc {written.hlc})"
     )
 
 
@@ -761,6 +844,21 @@ def peer_get(
     """Print the value of KEY in COLLECTION at SCOPE as JSON (exit 1 when it is not set)."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
     target = Scope.parse(scope)
+    message = {
+        "op": "get",
+        "scope": str(target),
+        "collection": collection,
+        "key": key,
+        "effective": effective,
+    }
+    reply = _through_plane(config, message)
+    if reply is not None:
+        if not reply["found"]:
+            raise click.ClickException(
+                f"{collection}.{key} is not set at {target} in {config.plane}"
+            )
+        _echo_json(reply["value"])
+        return
     missing = object()
     with _opened(config) as replica:
         home = replica.identity.scope
@@ -1114,6 +1212,7 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
     document["store"] = str(config.store)
     document["digest"] = replica.digest()
     document["chains"] = len(replica.frontiers())
+    document["conflicts"] = len(replica.conflicts())
     document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in peers}
     document["links"] = {peer: link_record(replica, peer) for peer in peers}
     return document
@@ -1132,13 +1231,20 @@ def status(
 ) -> None:
     """A replica's status: frontiers, pending, quarantine, sync debt and last syncs."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    with _opened(config) as replica:
-        document = _status_document(config, replica)
-        replica_planes = {
-            entry["chain"]: replica.plane_of(entry["chain"])
-            for record in document["refused"].values()
-            for entry in record["envelopes"]
-        }
+    reply = _through_plane(config, {"op": "status"})
+    if reply is not None:
+        document = reply["status"]
+        document["running"] = True
+        replica_planes = dict(document.get("writers", {}))
+    else:
+        with _opened(config) as replica:
+            document = _status_document(config, replica)
+            document["running"] = False
+            replica_planes = {
+                entry["chain"]: replica.plane_of(entry["chain"])
+                for record in document["refused"].values()
+                for entry in record["envelopes"]
+            }
     if output == "json":
         _echo_json(document)
         return
