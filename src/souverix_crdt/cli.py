@@ -750,6 +750,63 @@ def peer_run(
     asyncio.run(run())
 
 
+@cli.command("dashboard")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The peer config of the running plane to show.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8766, show_default=True, help="Port (0: any free one).")
+@click.option(
+    "--poll",
+    "poll_s",
+    default=0.25,
+    show_default=True,
+    help="Seconds between looks at the plane's store.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {pid, plane, url} here as JSON once serving.",
+)
+def dashboard_command(
+    *, config_path: Path, host: str, port: int, poll_s: float, ready_file: Path | None
+) -> None:
+    """Serve the live, read-only dashboard of a running plane until SIGTERM or SIGINT.
+
+    It follows the plane's store from a process of its own (it never writes it): what the
+    plane writes or receives shows on the page without a reload.
+    """
+    from souverix_crdt.dashboard import serve  # noqa: PLC0415 - needs the dashboard extra
+    from souverix_crdt.plane.follow import StoreFollower  # noqa: PLC0415
+
+    config = load_peer_config(config_path)
+    follower = StoreFollower(config)
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: stopping.append(number))
+    try:
+        follower.changed()
+        follower.catch_up()
+        with serve(follower.replica, host, port, poll_interval=poll_s) as handle:
+            click.echo(f"dashboard of {config.plane} on {handle.url} (read-only)")
+            if ready_file is not None:
+                temporary = ready_file.with_name(f".{ready_file.name}.tmp")
+                document = {"pid": os.getpid(), "plane": config.plane, "url": handle.url}
+                temporary.write_text(json.dumps(document) + "\n", "utf-8")
+                temporary.replace(ready_file)
+            while not stopping:
+                time.sleep(poll_s)  # this thread owns the replica; the server reads under lock
+                if follower.changed():
+                    with handle.lock:
+                        follower.catch_up()
+    finally:
+        follower.close()
+
+
 def _parse_value(value: str, *, as_json: bool) -> Any:
     if not as_json:
         return value
