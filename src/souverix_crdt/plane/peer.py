@@ -13,6 +13,8 @@ relative paths are read from the file's own folder::
     upstream: {name: global, address: 127.0.0.1:7301}   # address: tcp only
     downstream: [edge-a1]               # tcp: they connect here; nats: a session to each
     tls: true                           # tcp: mutual TLS with the key directory's certificates
+    control: data/region-a.sock         # the control socket (default: <store>.sock; false: none)
+    metrics: 127.0.0.1:9464             # Prometheus /metrics and /health (default: off)
     sync:                               # all optional
       batch_size: 100
       tick: 5s                          # silence after which a session re-sends its hello
@@ -76,6 +78,10 @@ Writes from other processes
     ordinary verified ingest path, every envelope, delegation and revocation the store holds
     that its replica does not, and its sessions push them to the peers like its own writes.
 
+Operating it
+    The control socket (:mod:`.control`), the metrics endpoint (:mod:`.metrics`) and the
+    writer chain the store keeps across clean restarts (:mod:`.chains`) are described in
+    docs/operations.md, section 8.
 Link records
     Each sync is also recorded in the store (named value ``peer-link:<peer>``: connected or
     not, and the time of the last settled sync), so the views and ``status`` commands, which
