@@ -42,6 +42,8 @@ from rich.console import Console
 from rich.table import Table
 
 from souverix_crdt.federation.status import LinkState, LinkStatus
+from souverix_crdt.plane.control import ControlError
+from souverix_crdt.plane.control import request as control_request
 from souverix_crdt.plane.keydir import (
     TOPOLOGY_FILE,
     cut_from_store,
@@ -62,6 +64,7 @@ from souverix_crdt.plane.peer import (
     load_peer_config,
     load_plane_keys,
     open_replica,
+    open_writing_replica,
     record_bundle_exchange,
 )
 from souverix_crdt.plane.planedir import (
@@ -234,6 +237,33 @@ def _opened(config: PeerConfig, *, create: bool = False) -> Iterator[Replica]:
         yield replica
     finally:
         replica.close()
+
+
+def _through_plane(config: PeerConfig, message: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The reply of the plane's running process, or ``None`` when no process serves it.
+
+    Raises:
+        click.ClickException: the running plane refused the request.
+    """
+    path = config.control_socket
+    if path is None:
+        return None
+    try:
+        return control_request(path, message)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None  # no process runs (or a stale socket file): the store is used
+    except ControlError as exc:
+        if exc.error in _AUTHORITY_ERRORS:
+            raise click.ClickException(
+                f"refused: {config.plane} may not write that: {_one_line(exc)}"
+            ) from exc
+        raise click.ClickException(f"{config.plane} (running): {exc.error}: {exc}") from exc
+
+
+#: Errors a running plane reports for a write its key may not make.
+_AUTHORITY_ERRORS: Final = frozenset(
+    {"ScopeViolationError", "CapabilityViolationError", "RevokedError", "ExpiredError"}
+)
 
 
 # --------------------------------------------------------------------------- the group
@@ -842,9 +872,30 @@ def peer() -> None:
     """Run a control plane as a process, or write and read through its store."""
 
 
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        document = {
+            "time": f"{moment}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, sort_keys=True)
+
+
 def _write_ready_file(path: Path, process: PeerProcess) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    document = {"pid": os.getpid(), "plane": process.config.plane, "port": process.port}
+    document = {
+        "pid": os.getpid(),
+        "plane": process.config.plane,
+        "port": process.port,
+        "metrics_port": None if process.metrics is None else process.metrics.port,
+    }
     temporary.write_text(json.dumps(document) + "\n", "utf-8")
     temporary.replace(path)
 
@@ -868,15 +919,25 @@ def _write_ready_file(path: Path, process: PeerProcess) -> None:
     default="info",
     show_default=True,
 )
-def peer_run(*, config_path: Path, ready_file: Path | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects (time, level, logger, message), one a line.",
+)
+def peer_run(
+    *, config_path: Path, ready_file: Path | None, log_level: str, log_format: str
+) -> None:
     """Run one control plane until SIGTERM or SIGINT: serve, dial, sync and log each sync."""
     config = load_peer_config(config_path)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(message)s",
-        stream=sys.stderr,
-        force=True,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLogFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, log_level.upper()), handlers=[handler], force=True)
 
     async def run() -> None:
         stopping = asyncio.Event()
@@ -895,6 +956,63 @@ def peer_run(*, config_path: Path, ready_file: Path | None, log_level: str) -> N
         logging.getLogger(__name__).info("%s: stopped", config.plane)
 
     asyncio.run(run())
+
+
+@cli.command("dashboard")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The peer config of the running plane to show.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8766, show_default=True, help="Port (0: any free one).")
+@click.option(
+    "--poll",
+    "poll_s",
+    default=0.25,
+    show_default=True,
+    help="Seconds between looks at the plane's store.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {pid, plane, url} here as JSON once serving.",
+)
+def dashboard_command(
+    *, config_path: Path, host: str, port: int, poll_s: float, ready_file: Path | None
+) -> None:
+    """Serve the live, read-only dashboard of a running plane until SIGTERM or SIGINT.
+
+    It follows the plane's store from a process of its own (it never writes it): what the
+    plane writes or receives shows on the page without a reload.
+    """
+    from souverix_crdt.dashboard import serve  # noqa: PLC0415 - needs the dashboard extra
+    from souverix_crdt.plane.follow import StoreFollower  # noqa: PLC0415
+
+    config = load_peer_config(config_path)
+    follower = StoreFollower(config)
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: stopping.append(number))
+    try:
+        follower.changed()
+        follower.catch_up()
+        with serve(follower.replica, host, port, poll_interval=poll_s) as handle:
+            click.echo(f"dashboard of {config.plane} on {handle.url} (read-only)")
+            if ready_file is not None:
+                temporary = ready_file.with_name(f".{ready_file.name}.tmp")
+                document = {"pid": os.getpid(), "plane": config.plane, "url": handle.url}
+                temporary.write_text(json.dumps(document) + "\n", "utf-8")
+                temporary.replace(ready_file)
+            while not stopping:
+                time.sleep(poll_s)  # this thread owns the replica; the server reads under lock
+                if follower.changed():
+                    with handle.lock:
+                        follower.catch_up()
+    finally:
+        follower.close()
 
 
 def _parse_value(value: str, *, as_json: bool) -> Any:
@@ -925,18 +1043,41 @@ def peer_write(
     key: str,
     value: str,
 ) -> None:
-    """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key, into its store.
+    """Write KEY=VALUE in COLLECTION at SCOPE, signed by the plane's key.
 
-    A running peer process of that plane picks the write up from its store and syncs it.
-    A write the key has no authority for is refused, and nothing is written. A write that is
-    committed but does not become the key's value (another register wins it) is reported
-    with the register that wins and why, and the command exits with status 3.
+    When the plane's peer process runs, the write goes through its control socket: it is
+    signed under the plane's chain and synced at once. Otherwise it is written to the store
+    under the same chain (which the store keeps across clean closes). A write the key has no
+    authority for is refused, and nothing is written. A write that is committed but does not
+    become the key's value (another register wins it) is reported with the register that wins
+    and why, and the command exits with status 3.
     """
     config = _peer_config(config_path, keys_dir, plane, store_path)
     parsed = _parse_value(value, as_json=as_json)
     target = Scope.parse(scope)
+    message = {
+        "op": "write",
+        "scope": str(target),
+        "collection": collection,
+        "key": key,
+        "value": parsed,
+    }
+    reply = _through_plane(config, message)
+    if reply is not None:
+        done = reply["receipt"]
+        click.echo(
+            f"wrote {collection}.{key} at {done['scope']} as {config.plane} through its "
+            f"running process (seq {done['seq']}, hlc {done['hlc']})"
+        )
+        if done.get("not_applied"):
+            for line in done["not_applied"]:
+                click.echo(f"not in effect: {line}", err=True)
+            raise click.exceptions.Exit(EXIT_NOT_APPLIED)
+        return
     plane_keys = load_plane_keys(config)
-    with _opened(config, create=True) as replica:
+    with _progress(f"opening {config.plane}'s replica ({config.store})"):
+        replica, lease = open_writing_replica(config, keys=plane_keys)
+    try:
         learn_key_directory(replica, plane_keys, config.keys)
         try:
             receipt = replica.scope(target).collection(collection).set(key, parsed)
@@ -946,6 +1087,9 @@ def peer_write(
                 f"{collection} at {target}: {_one_line(exc)}"
             ) from exc
         lost = [_describe_not_applied(replica, item) for item in receipt.not_applied]
+    finally:
+        lease.close(replica.store)
+        replica.close()
     click.echo(
         f"wrote {collection}.{key} at {receipt.scope} as {config.plane} "
         f"(seq {receipt.seq}, hlc {receipt.hlc})"
@@ -995,6 +1139,21 @@ def peer_get(
     """Print the value of KEY in COLLECTION at SCOPE as JSON (exit 1 when it is not set)."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
     target = Scope.parse(scope)
+    message = {
+        "op": "get",
+        "scope": str(target),
+        "collection": collection,
+        "key": key,
+        "effective": effective,
+    }
+    reply = _through_plane(config, message)
+    if reply is not None:
+        if not reply["found"]:
+            raise click.ClickException(
+                f"{collection}.{key} is not set at {target} in {config.plane}"
+            )
+        _echo_json(reply["value"])
+        return
     missing = object()
     with _opened(config) as replica:
         home = replica.identity.scope
@@ -1376,6 +1535,7 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
     document["store"] = str(config.store)
     document["digest"] = replica.digest()
     document["chains"] = len(replica.frontiers())
+    document["conflicts"] = len(replica.conflicts())
     document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in peers}
     now_ms = replica.clock.physical()
     links: dict[str, Any] = {}
@@ -1385,6 +1545,24 @@ def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
         links[peer] = None if record is None else {**record, "state": link_state(record, now_ms)}
     document["links"] = links
     return document
+
+
+def _status_of(config: PeerConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """The plane's status document and the plane names of the writer chains it mentions.
+
+    Live from the plane's running process when one answers, else read from its store.
+    """
+    reply = _through_plane(config, {"op": "status"})
+    if reply is not None:
+        document = reply["status"]
+        document["running"] = True
+        return document, dict(document.get("writers", {}))
+    with _opened(config) as replica:
+        document = _status_document(config, replica)
+        document["running"] = False
+        chains = [e["chain"] for r in document["refused"].values() for e in r["envelopes"]]
+        chains += [name.split("|", 1)[1] for name in document["gaps"]]
+        return document, {chain: replica.plane_of(chain) for chain in chains}
 
 
 @cli.command()
@@ -1400,16 +1578,7 @@ def status(
 ) -> None:
     """A replica's status: frontiers, pending, quarantine, sync debt and last syncs."""
     config = _peer_config(config_path, keys_dir, plane, store_path)
-    with _opened(config) as replica:
-        document = _status_document(config, replica)
-        replica_planes = {
-            entry["chain"]: replica.plane_of(entry["chain"])
-            for record in document["refused"].values()
-            for entry in record["envelopes"]
-        }
-        for name in document["gaps"]:
-            chain = name.split("|", 1)[1]
-            replica_planes[chain] = replica.plane_of(chain)
+    document, replica_planes = _status_of(config)
     if output == "json":
         _echo_json(document)
         return

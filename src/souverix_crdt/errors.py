@@ -30,7 +30,7 @@ The tree, in short::
     │   ├── MalformedEnvelopeError, TooLargeError, UnsupportedVersionError, QuorumError
     │   └── QuarantinedError         far-future envelope: kept aside, not applied, not forwarded
     ├── StoreError                   durable storage failed; nothing was committed
-    │   ├── StoreBusyError, DiskFullError, CorruptStoreError, SchemaVersionError
+    │   ├── StoreBusyError (ChainLockedError), DiskFullError, CorruptStoreError, SchemaVersionError
     ├── ProtocolError                a sync session rule was broken
     │   ├── LocalProtocolError       by this side (API misuse)
     │   └── RemoteProtocolError      by the peer
@@ -54,6 +54,7 @@ __all__ = [
     "AuthorityError",
     "BundleError",
     "CapabilityViolationError",
+    "ChainLockedError",
     "ClockError",
     "ClockOverflowError",
     "ClockSkewError",
@@ -535,3 +536,18 @@ class BundleError(SouverixError, ValueError):
         super().__init__(message, reason=reason)
         self.record = record
         self.offset = offset
+
+
+class ChainLockedError(StoreBusyError):
+    """Another process writes under this store's chain: two writers would fork it.
+
+    Attributes:
+        path: The lock file.
+        holder: What the lock file says about its holder (``"pid 1234"``), or ``""``.
+    """
+
+    def __init__(self, path: str, holder: str = "") -> None:
+        detail = f" (held by {holder})" if holder else ""
+        super().__init__(f"{path} is locked by another writer{detail}")
+        self.path = path
+        self.holder = holder

@@ -34,8 +34,10 @@ Budgets on the receive path
     held are kept.
 
 Chains and epochs
-    Each process incarnation writes under a fresh random *epoch*, so its chain id is
-    ``"<key id>~<epoch>"``. A replica restarted from an old copy of its database therefore
+    A replica writes under an *epoch*, so its chain id is ``"<key id>~<epoch>"``. By default
+    each incarnation takes a fresh random one; ``peer run`` and ``peer write`` pass the epoch
+    the store kept at its last clean close (:mod:`souverix_crdt.plane.chains`), and a fresh
+    one whenever the store may be an old copy. A replica restarted from an old copy therefore
     never reuses a sequence number or a Yjs client clock it already published, and since every
     register is named by (chain, HLC), never an event identity either. Its clock starts above
     everything its store recorded; within the very millisecond of writes the old copy lost, a

@@ -16,6 +16,8 @@ relative paths are read from the file's own folder::
                                         # retry (see :mod:`~.schedule`)
     topology: keys/topology.yaml        # the links' policies (default: the key directory's)
     tls: true                           # tcp: mutual TLS with the key directory's certificates
+    control: data/region-a.sock         # the control socket (default: <store>.sock; false: none)
+    metrics: 127.0.0.1:9464             # Prometheus /metrics and /health (default: off)
     sync:                               # all optional
       batch_size: 100
       tick: 5s                          # silence after which a session re-sends its hello
@@ -95,6 +97,10 @@ Writes from other processes
     ordinary verified ingest path, every envelope, delegation and revocation the store holds
     that its replica does not, and its sessions push them to the peers like its own writes.
 
+Operating it
+    The control socket (:mod:`.control`), the metrics endpoint (:mod:`.metrics`) and the
+    writer chain the store keeps across clean restarts (:mod:`.chains`) are described in
+    docs/operations.md, section 8.
 Link records
     Each sync is also recorded in the store (named value ``peer-link:<peer>``: connected or
     not, the time of the last settled sync, and when the link was last confirmed with the
@@ -114,6 +120,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from ssl import SSLContext, SSLError
 from typing import Any, Final
@@ -150,9 +157,12 @@ from souverix_crdt.transports.tcp import connect as connect_tcp
 from souverix_crdt.transports.tls import client_context, key_directory_files, server_context
 
 from .backoff import Backoff
+from .chains import ChainLease
+from .control import ControlServer, status_document
 from .coordinator import DEFAULT_OPPORTUNISTIC_FREQUENCY, LinkConfig, SyncCoordinator
 from .keydir import TOPOLOGY_FILE, load_revocations
 from .keyring import FederationKeys
+from .metrics import LinkTraffic, MetricsServer, PlaneCollector
 from .planedir import PlaneKeys, load_plane, plane_directory
 from .schedule import LINK_POLICY_FIELDS, LinkPolicy, resolve_policy
 from .topology import Direction, SyncMode, Topology, load_topology, parse_duration
@@ -197,6 +207,8 @@ _TOP_FIELDS: Final = frozenset(
         "tls",
         "limits",
         "topology",
+        "control",
+        "metrics",
     }
 )
 _SYNC_FIELDS: Final = frozenset({"batch_size", "tick", "retry", "watch", "link_timeout"})
@@ -289,6 +301,10 @@ class PeerConfig:
         topology: The topology the links' policies were resolved from, if any.
         tls: TLS for TCP connections, or ``None`` for plain TCP.
         limits: The budgets of the replica and the process (the ``limits:`` mapping).
+        control: The control socket's path (``Path("")``: beside the store, the default;
+            ``None``: none, ``control: false``); see :attr:`control_socket`.
+        metrics_host: Where the metrics endpoint listens (loopback by default).
+        metrics_port: Its port, or ``None`` when metrics are off (the default).
         source: The file it was read from.
     """
 
@@ -311,7 +327,19 @@ class PeerConfig:
     topology: Topology | None = attrs.field(default=None, eq=False, repr=False)
     tls: PeerTls | None = None
     limits: Limits = DEFAULT_LIMITS
+    control: Path | None = Path()
+    metrics_host: str = DEFAULT_HOST
+    metrics_port: int | None = None
     source: str = "<string>"
+
+    @property
+    def control_socket(self) -> Path | None:
+        """The control socket of the running process (``None``: none is served)."""
+        if self.control is None:
+            return None
+        if self.control.name:
+            return self.control
+        return self.store.with_name(self.store.name + ".sock")
 
     @property
     def peers(self) -> tuple[PeerLink, ...]:
@@ -783,7 +811,23 @@ def parse_peer_config(text: str, *, file: str = "<string>", base: Path | None = 
         **sync,
         **_tls(read, top, folder, keys, plane),
         **_limits(read, top.get("limits"), sync.get("tick_s", _DEFAULT_TICK_S)),
+        **_operations(read, top, folder),
     )
+
+
+def _operations(read: _Reader, top: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The control socket and the metrics endpoint (docs/operations.md)."""
+    options: dict[str, Any] = {"control": Path()}
+    control = top.get("control", True)
+    if control is False:
+        options["control"] = None
+    elif control is not True:
+        options["control"] = folder / read.text(control, "control")
+    metrics = top.get("metrics", False)
+    if metrics is not False:
+        host, port = read.address(metrics, "metrics", allow_zero=True)
+        options["metrics_host"], options["metrics_port"] = host, port
+    return options
 
 
 def load_peer_config(path: str | Path) -> PeerConfig:
@@ -827,7 +871,11 @@ def load_plane_keys(config: PeerConfig) -> PlaneKeys:
 
 
 def open_replica(
-    config: PeerConfig, *, keys: PlaneKeys | FederationKeys | None = None, create: bool = True
+    config: PeerConfig,
+    *,
+    keys: PlaneKeys | FederationKeys | None = None,
+    create: bool = True,
+    epoch: int | None = None,
 ) -> Replica:
     """Open the plane's replica over its SQLite store, writing as the plane's key.
 
@@ -836,6 +884,8 @@ def open_replica(
         keys: The plane directory, if already loaded (or a whole fleet's keys, in tests).
         create: Create the store (and its folder) when missing; else a missing store is an
             error, so that a typo does not silently show an empty replica.
+        epoch: The chain to write under (a :class:`~.chains.ChainLease`'s); by default a new
+            one, which is right only for a replica that does not write.
 
     Raises:
         ConfigError: the plane has no key in the key directory, or the store is missing.
@@ -876,10 +926,39 @@ def open_replica(
             store,
             name=config.plane,
             limits=config.limits,
+            epoch=epoch,
         )
     except BaseException:
         store.close()
         raise
+
+
+def open_writing_replica(
+    config: PeerConfig, *, keys: PlaneKeys | FederationKeys | None = None, create: bool = True
+) -> tuple[Replica, ChainLease]:
+    """Open the plane's replica to write under the store's lasting chain (see :mod:`.chains`).
+
+    Close it with ``lease.close(replica.store)`` and then ``replica.close()``: that order marks
+    the clean close that lets the next open keep the chain.
+
+    Raises:
+        ChainLockedError: another process writes under this store's chain.
+        ConfigError, KeyFileError, StoreError: as :func:`open_replica`.
+    """
+    if isinstance(keys, FederationKeys) or keys is None or not (create or config.store.is_file()):
+        # Resolves the plane's own keys (and raises the typed errors) exactly as open_replica.
+        probe = open_replica(config, keys=keys, create=create)
+        key_id = probe.identity.key_id
+        probe.close()
+    else:
+        key_id = keys.identity.key_id
+    lease = ChainLease.acquire(config.store, key_id)
+    try:
+        replica = open_replica(config, keys=keys, create=create, epoch=lease.epoch)
+    except BaseException:
+        lease.close(None)
+        raise
+    return replica, lease
 
 
 def learn_key_directory(
@@ -966,13 +1045,18 @@ class _Observed(Transport):
         self.inner = inner
         self.peer = inner.peer
         self._observe = observe
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     async def send(self, frame: bytes) -> None:
         await self.inner.send(frame)
+        self.bytes_sent += len(frame)
 
     async def receive(self) -> bytes:
         self._observe()
-        return await self.inner.receive()
+        frame = await self.inner.receive()
+        self.bytes_received += len(frame)
+        return frame
 
     async def close(self) -> None:
         await self.inner.close()
@@ -1021,6 +1105,11 @@ class PeerProcess:
         self._up_changed = asyncio.Event()
         self._heard: dict[str, float] = {}
         self._connected: set[str] = set()
+        self.lease: ChainLease | None = None
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        #: Envelopes and bytes per link, and sessions refused before they authenticated.
+        self.traffic = LinkTraffic()
 
     @property
     def port(self) -> int | None:
@@ -1050,9 +1139,12 @@ class PeerProcess:
         # TLS files are checked first: a bad one names its field before the store is touched.
         self._server_tls, self._client_tls = tls_contexts(config)
         keys = load_plane_keys(config)
-        replica = open_replica(config, keys=keys)
+        replica, self.lease = open_writing_replica(config, keys=keys)
         self.replica = replica
         try:
+            if not self.lease.resumed:
+                self.say(f"writing under a new chain ({self.lease.reason})")
+            await self._start_operations()
             learned = learn_key_directory(replica, keys, config.keys)
             chains = len(replica.frontiers())
             self.say(
@@ -1285,10 +1377,61 @@ class PeerProcess:
 
             self._tasks.append(asyncio.ensure_future(self._session_loop(link.name, opener())))
 
+    def status(self) -> dict[str, Any]:
+        """The plane's status document (``status --format json``, metrics, control socket)."""
+        replica = self.replica
+        assert replica is not None
+        document = status_document(
+            replica, {link.name: link for link in self.config.peers}, partial(link_record, replica)
+        )
+        document["plane"] = self.config.plane
+        document["store"] = str(self.config.store)
+        return document
+
+    async def _start_operations(self) -> None:
+        """The control socket and the metrics endpoint (docs/operations.md)."""
+        config, replica = self.config, self.replica
+        assert replica is not None
+        socket_path = config.control_socket
+        if socket_path is not None:
+            control = ControlServer(socket_path, replica, self.status, source=config.source)
+            try:
+                await control.start()
+            except ConfigError as exc:
+                if config.control != Path():
+                    raise
+                # The default path beside a deeply nested store may not fit a Unix socket:
+                # the plane runs without one (CLI writes then meet the chain's lock).
+                self.say(f"no control socket: {exc.detail}; set control: PATH in the config")
+            else:
+                self.control = control
+        if config.metrics_port is not None:
+            collector = PlaneCollector(
+                lambda: self.replica, self.status, self.traffic, replica.clock.physical
+            )
+            self.metrics = MetricsServer(
+                config.metrics_host,
+                config.metrics_port,
+                collector,
+                self._health,
+                source=config.source,
+            )
+            await self.metrics.start()
+            self.say(f"metrics on http://{config.metrics_host}:{self.metrics.port}/metrics")
+
+    def _health(self) -> dict[str, Any] | None:
+        replica = self.replica
+        if replica is None:
+            return None
+        return {"status": "ok", "plane": self.config.plane, "chain": replica.chain}
+
     async def stop(self) -> None:
         """Stop every session, the server and the NATS connection; close the store. Idempotent."""
         if self.coordinator is not None:
             await self.coordinator.stop()
+        for endpoint in (self.control, self.metrics):
+            if endpoint is not None:
+                await endpoint.close()
         tasks, self._tasks = self._tasks, []
         for task in (*tasks, *self._sessions):
             task.cancel()
@@ -1303,7 +1446,12 @@ class PeerProcess:
                 await connection.close()
         if self.replica is not None:
             replica, self.replica = self.replica, None
+            if self.lease is not None:
+                # After the last commit: marks the clean close that keeps the chain.
+                self.lease.close(replica.store)
             replica.close()
+        elif self.lease is not None:
+            self.lease.close(None)
 
     # ------------------------------------------------------------------ sessions
 
@@ -1375,6 +1523,7 @@ class PeerProcess:
         if not state.authenticated:
             why = str(stats.error) if stats.error is not None else stats.close_reason
             self._unauthenticated.add(f"{transport.peer}: {why or stats.reason.value}")
+            self.traffic.handshake_failed(stats.close_reason or stats.reason.value)
             return
         detail = f"{stats.reason.value}" + (f": {stats.error}" if stats.error else "")
         self.say(f"session from {transport.peer} ended ({detail})")
@@ -1394,9 +1543,20 @@ class PeerProcess:
             )
         )
         self._sessions.add(task)
+        self.traffic.track(
+            id(session),
+            lambda: session.peer_name,
+            lambda: (
+                session.envelopes_received,
+                session.envelopes_sent,
+                observed.bytes_received,
+                observed.bytes_sent,
+            ),
+        )
         try:
             return await task
         finally:
+            self.traffic.finish(id(session))
             self._sessions.discard(task)
             state.authenticated = session.peer_name is not None
             with contextlib.suppress(TransportError, OSError):

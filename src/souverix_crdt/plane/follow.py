@@ -1,0 +1,99 @@
+"""A read-only follower of a plane's store, for a dashboard of the running plane.
+
+``souverix-crdt dashboard --config FILE`` runs in a process of its own beside ``peer run``: it
+never writes the plane's store and takes no lock on its chain. It keeps an in-memory replica
+with the plane's identity and takes in, through the ordinary verified ingest path, what the
+running plane commits to its store (SQLite's ``data_version`` says when), so every write the
+plane makes or receives (through ``peer write`` and its control socket, or from its peers)
+shows on the page moments later without a reload.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from souverix_crdt.errors import ConfigError
+from souverix_crdt.replica import IngestOutcome, Replica
+from souverix_crdt.store.memory import MemoryStore
+from souverix_crdt.store.sqlite import SqliteStore
+
+from .keyring import load_keys
+from .peer import PeerConfig, learn_key_directory
+
+__all__ = ["StoreFollower"]
+
+# Envelopes read from the store per ingest call.
+_PAGE: Final = 256
+
+
+class StoreFollower:
+    """An in-memory replica that follows what a plane's store holds.
+
+    Args:
+        config: The plane's peer config (its key directory and store).
+
+    Raises:
+        ConfigError: the store does not exist yet (start ``peer run`` first).
+        KeyFileError, StoreError: the keys or the store cannot be read.
+    """
+
+    def __init__(self, config: PeerConfig) -> None:
+        if not config.store.is_file():
+            raise ConfigError(
+                file=config.source,
+                field="store",
+                detail=f"{config.store} does not exist (has the peer run yet?)",
+                reason="missing",
+            )
+        keys = load_keys(config.keys)
+        self.config = config
+        self.replica = Replica(
+            keys.identity(config.plane),
+            keys.anchors,
+            MemoryStore(),
+            name=config.plane,
+            limits=config.limits,
+        )
+        learn_key_directory(self.replica, keys, config.keys)
+        self.store = SqliteStore.open(config.store)
+        self._watch = sqlite3.connect(config.store.resolve().as_uri() + "?mode=ro", uri=True)
+        self._seen: int | None = None
+        self._authority = (-1, -1)
+
+    def changed(self) -> bool:
+        """Someone committed to the store since the last look (cheap: one pragma)."""
+        version = int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._seen:
+            return False
+        self._seen = version
+        return True
+
+    def catch_up(self) -> int:
+        """Take in what the store holds that the replica does not; return envelopes applied."""
+        store, replica = self.store, self.replica
+        authority = (len(store.delegations()), len(store.revocations()))
+        if authority != self._authority:
+            self._authority = authority
+            replica.add_delegations(item.data for item in store.delegations())
+            replica.add_revocations(item.data for item in store.revocations())
+        applied = 0
+        for (scope, chain), (seq, _) in sorted(store.frontiers().items()):
+            held = replica.chain_seq(scope, chain)
+            while held < seq:
+                rows = store.envelopes_after(scope, chain, held, _PAGE)
+                if not rows:
+                    break
+                results = replica.ingest_many([row.data for row in rows])
+                applied += sum(r.outcome is IngestOutcome.APPLIED for r in results)
+                now_held = replica.chain_seq(scope, chain)
+                if now_held <= held:
+                    break  # refused (revoked, cut): looked at again when the store changes
+                held = now_held
+        return applied
+
+    def close(self) -> None:
+        """Close the store connections and the replica."""
+        self._watch.close()
+        self.store.close()
+        self.replica.close()
