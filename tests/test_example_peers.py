@@ -422,3 +422,36 @@ def test_the_examples_name_only_loopback_addresses() -> None:
             for token in ("0.0.0.0", "localhost:"):
                 assert token not in text, f"{path} names {token}"
     assert os.access(SCRIPT, os.X_OK), "the console script is installed next to the interpreter"
+
+
+def test_the_nats_example_script_runs(tmp_path: Path) -> None:
+    """``examples/nats-peers/run.sh`` from start to end, in a copy with free ports."""
+    try:
+        binary = nats_server_binary()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    copy = tmp_path / "nats-peers"
+    shutil.copytree(EXAMPLES / "nats-peers", copy, ignore=shutil.ignore_patterns(*IGNORED))
+    shutil.copytree(
+        EXAMPLES / "tcp-peers", tmp_path / "tcp-peers", ignore=shutil.ignore_patterns(*IGNORED)
+    )
+    ports = dict(zip(("4242", "4243", "7442", "8242", "8243"), free_ports(5), strict=True))
+    for path in [*copy.glob("*.yaml"), *copy.glob("*.conf"), copy / "run.sh"]:
+        text = path.read_text()
+        for old, new in ports.items():
+            text = text.replace(old, str(new))
+        path.write_text(text)
+    done = subprocess.run(
+        ["bash", "run.sh"],
+        cwd=copy,
+        env={**os.environ, "SOUVERIX_CRDT": str(SCRIPT), "NATS_SERVER": str(binary)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, output + done.stderr.decode(errors="replace")
+    assert "edge-a1-n01" in output
+    for plane in PLANES:
+        assert f"{plane}: synced with" in output
