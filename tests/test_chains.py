@@ -16,8 +16,9 @@ import pytest
 
 from souverix_crdt.errors import ChainLockedError
 from souverix_crdt.plane.chains import ChainLease
-from souverix_crdt.plane.keyring import FederationKeys, bootstrap_keys, save_keys
+from souverix_crdt.plane.keyring import FederationKeys, bootstrap_keys
 from souverix_crdt.plane.peer import PeerConfig, open_writing_replica
+from souverix_crdt.plane.planedir import plane_directory, save_ceremony
 from souverix_crdt.plane.topology import default_topology
 from souverix_crdt.replica import Replica
 from souverix_crdt.store.base import Batch
@@ -33,8 +34,8 @@ def federation() -> FederationKeys:
 
 @pytest.fixture
 def config(tmp_path: Path, federation: FederationKeys) -> PeerConfig:
-    keys = tmp_path / "keys"
-    save_keys(federation, keys)
+    save_ceremony(federation, tmp_path / "keys")
+    keys = plane_directory(tmp_path / "keys", "region-a")  # the plane's own directory
     return PeerConfig(plane="region-a", keys=keys, store=tmp_path / "data" / "region-a.sqlite3")
 
 

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from souverix_crdt.federation.status import LinkState, LinkStatus
-from souverix_crdt.plane.control import ControlError
+from souverix_crdt.plane.control import ControlError, status_document
 from souverix_crdt.plane.control import request as control_request
 from souverix_crdt.plane.keydir import (
     TOPOLOGY_FILE,
@@ -1526,24 +1526,13 @@ def audit(
 
 
 def _status_document(config: PeerConfig, replica: Replica) -> dict[str, Any]:
-    document = replica.status().to_json()
+    document = status_document(
+        replica, [link.name for link in config.peers], lambda peer: link_record(replica, peer)
+    )
     # The chain of the replica opened here is this command's own incarnation, not the plane's.
     del document["chain"]
-    peers = sorted(set(replica.store.peers()) | {link.name for link in config.peers})
-    document["key_plane"] = document["plane"]
     document["plane"] = config.plane
     document["store"] = str(config.store)
-    document["digest"] = replica.digest()
-    document["chains"] = len(replica.frontiers())
-    document["conflicts"] = len(replica.conflicts())
-    document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in peers}
-    now_ms = replica.clock.physical()
-    links: dict[str, Any] = {}
-    for peer in peers:
-        record = link_record(replica, peer)
-        # What the record says *now*: "connected" counts only while it is confirmed.
-        links[peer] = None if record is None else {**record, "state": link_state(record, now_ms)}
-    document["links"] = links
     return document
 
 

@@ -24,13 +24,15 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from souverix_crdt.errors import ConfigError, ProtocolError, SouverixError
 from souverix_crdt.replica import Replica
 from souverix_crdt.scope import Scope
+
+from .schedule import link_state
 
 __all__ = [
     "MAX_LINE",
@@ -62,13 +64,13 @@ class ControlError(ProtocolError):
 
 
 def status_document(
-    replica: Replica, peers: Mapping[str, Any], links: Callable[[str], Any]
+    replica: Replica, peers: Iterable[str], links: Callable[[str], Any]
 ) -> dict[str, Any]:
     """A plane's status as ``status --format json`` shows it.
 
     Args:
         replica: The plane's replica.
-        peers: Its configured peers (names).
+        peers: The names of its configured peers.
         links: The link record of one peer (or ``None``).
     """
     document = replica.status().to_json()
@@ -78,7 +80,14 @@ def status_document(
     document["chains"] = len(replica.frontiers())
     document["conflicts"] = len(replica.conflicts())
     document["sync_debt"] = {peer: replica.sync_debt(peer).to_json() for peer in names}
-    document["links"] = {peer: links(peer) for peer in names}
+    now_ms = replica.clock.physical()
+    document["links"] = {}
+    for peer in names:
+        record = links(peer)
+        # What the record says *now*: "connected" counts only while it is confirmed.
+        document["links"][peer] = (
+            None if record is None else {**record, "state": link_state(record, now_ms)}
+        )
     return document
 
 

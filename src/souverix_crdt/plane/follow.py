@@ -18,8 +18,7 @@ from souverix_crdt.replica import IngestOutcome, Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.store.sqlite import SqliteStore
 
-from .keyring import load_keys
-from .peer import PeerConfig, learn_key_directory
+from .peer import PeerConfig, learn_key_directory, load_plane_keys
 
 __all__ = ["StoreFollower"]
 
@@ -46,10 +45,10 @@ class StoreFollower:
                 detail=f"{config.store} does not exist (has the peer run yet?)",
                 reason="missing",
             )
-        keys = load_keys(config.keys)
+        keys = load_plane_keys(config)  # the plane's own directory, and nothing else
         self.config = config
         self.replica = Replica(
-            keys.identity(config.plane),
+            keys.identity,
             keys.anchors,
             MemoryStore(),
             name=config.plane,
