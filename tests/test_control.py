@@ -153,3 +153,18 @@ def test_a_path_too_long_for_a_socket_is_a_config_error(replica: Replica, tmp_pa
     with pytest.raises(ConfigError) as caught:
         asyncio.run(ControlServer(path, replica, status).start())
     assert caught.value.field == "control"
+
+
+def test_a_link_request_reaches_the_connectivity_hook(replica: Replica) -> None:
+    told: list[tuple[str, bool]] = []
+    hook = lambda peer, up: told.append((peer, up))  # noqa: E731
+    down = {"op": "link", "peer": "global", "up": False}
+    assert handle_request(replica, down, status, hook) == {"ok": True}
+    assert told == [("global", False)]
+    for bad in ({"op": "link", "peer": "global", "up": "no"}, {"op": "link", "up": True}):
+        reply = handle_request(replica, bad, status, hook)
+        assert reply["ok"] is False
+        assert reply["reason"] == "bad-request"
+    # A plane that takes no link changes says so.
+    assert handle_request(replica, down, status)["ok"] is False
+    assert told == [("global", False)]

@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from souverix_crdt.cli import cli
 from souverix_crdt.plane.peer import load_peer_config
 from tests.test_example_peers import (
     EXAMPLES,
@@ -149,3 +151,26 @@ def test_writes_go_through_the_running_plane(tmp_path: Path, peers: Peers) -> No
     assert restarted["frontiers"][f"{REGION}|{restarted['chain']}"] == 4
     assert restarted["chains"] == after_writes["chains"]
     assert "writing under a new chain" not in peers.log("region-a").split("stopped")[-1]
+
+    # The Connectivity Manager's hook, from outside the process: down, then up again.
+    told = cli_ok("peer", "link", "--config", tmp_path / "region-a.yaml", "global", "down")
+    assert "the link to global is down" in told
+    eventually(
+        lambda: "link to global is down (connectivity)" in peers.log("region-a"),
+        "region-a to take the link down",
+        peers,
+    )
+    cli_ok("peer", "write", "--config", tmp_path / "region-a.yaml", REGION, "policies", "y", "2")
+    cli_ok("peer", "link", "--config", tmp_path / "region-a.yaml", "global", "up")
+
+    def upstream_has_the_later_write() -> bool:
+        status = _status(tmp_path, "global")
+        return status["frontiers"].get(f"{REGION}|{after_writes['chain']}") == 5
+
+    eventually(upstream_has_the_later_write, "the write made while down to arrive", peers)
+    assert peers.stop("region-a") == 0
+    refused = CliRunner().invoke(
+        cli, ["peer", "link", "--config", str(tmp_path / "region-a.yaml"), "global", "up"]
+    )
+    assert refused.exit_code == 1
+    assert "region-a is not running" in refused.output

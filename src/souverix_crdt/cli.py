@@ -1119,6 +1119,34 @@ def _describe_not_applied(replica: Replica, item: NotApplied) -> str:
     return text
 
 
+@peer.command("link")
+@_replica_options
+@click.argument("peer_name", metavar="PEER")
+@click.argument("state", type=click.Choice(["up", "down"]))
+def peer_link(
+    *,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    plane: str | None,
+    store_path: Path | None,
+    peer_name: str,
+    state: str,
+) -> None:
+    """Tell a running plane that its link to PEER is up or down (the connectivity hook).
+
+    Down: no session to PEER is opened or accepted, and an open one closes. Up: a scheduled
+    link syncs at once, a live one reconnects. The plane's process must be running.
+    """
+    config = _peer_config(config_path, keys_dir, plane, store_path)
+    reply = _through_plane(config, {"op": "link", "peer": peer_name, "up": state == "up"})
+    if reply is None:
+        raise click.ClickException(
+            f"{config.plane} is not running: its control socket does not answer "
+            f"({config.control_socket})"
+        )
+    click.echo(f"told {config.plane}: the link to {peer_name} is {state}")
+
+
 @peer.command("get")
 @_replica_options
 @click.option("--effective", is_flag=True, help="The value in force (inherited from above).")

@@ -99,7 +99,10 @@ def _text(request: Mapping[str, Any], field: str) -> str:
 
 
 def handle_request(
-    replica: Replica, request: object, status: Callable[[], dict[str, Any]]
+    replica: Replica,
+    request: object,
+    status: Callable[[], dict[str, Any]],
+    link: Callable[[str, bool], None] | None = None,
 ) -> dict[str, Any]:
     """Carry out one control request against ``replica``; return the reply (never raises).
 
@@ -110,9 +113,10 @@ def handle_request(
         replica: The plane's replica.
         request: The decoded request line.
         status: The plane's status document.
+        link: The connectivity hook (``peer``, ``up``), if the plane takes one.
     """
     try:
-        return _carry(replica, request, status)
+        return _carry(replica, request, status, link)
     except ControlError as exc:
         return {"ok": False, "error": exc.error, "reason": exc.reason, "message": str(exc)}
     except (SouverixError, ValueError, TypeError, KeyError) as exc:
@@ -125,7 +129,10 @@ def handle_request(
 
 
 def _carry(
-    replica: Replica, request: object, status: Callable[[], dict[str, Any]]
+    replica: Replica,
+    request: object,
+    status: Callable[[], dict[str, Any]],
+    link: Callable[[str, bool], None] | None,
 ) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise ControlError("a request is a JSON object", reason="bad-request")
@@ -150,6 +157,15 @@ def _carry(
                 ],
             },
         }
+    if op == "link":
+        # The Connectivity Manager's hook: a link is down (or up again).
+        if link is None:
+            raise ControlError("this plane takes no link changes", reason="bad-request")
+        up = request.get("up")
+        if not isinstance(up, bool):
+            raise ControlError("up: expected true or false", reason="bad-request")
+        link(_text(request, "peer"), up)
+        return {"ok": True}
     if op == "get":
         read = replica.effective if request.get("effective") else replica.get
         found = read(
@@ -179,6 +195,7 @@ class ControlServer:
         status: The plane's status document.
         source: The config file, for errors.
         on_write: Called after each write.
+        on_link: The connectivity hook, for ``{"op": "link", "peer", "up"}`` requests.
     """
 
     def __init__(
@@ -189,12 +206,14 @@ class ControlServer:
         *,
         source: str = "<string>",
         on_write: Callable[[], None] | None = None,
+        on_link: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.path = path
         self.source = source
         self.replica = replica
         self._status = status
         self._on_write = on_write
+        self._on_link = on_link
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -265,7 +284,7 @@ class ControlServer:
                     decoded = json.loads(line)
                 except ValueError:
                     decoded = None
-                reply = handle_request(self.replica, decoded, self._status)
+                reply = handle_request(self.replica, decoded, self._status, self._on_link)
                 wrote = isinstance(decoded, dict) and decoded.get("op") == "write"
                 if reply.get("ok") and wrote and self._on_write is not None:
                     self._on_write()

@@ -1394,7 +1394,13 @@ class PeerProcess:
         assert replica is not None
         socket_path = config.control_socket
         if socket_path is not None:
-            control = ControlServer(socket_path, replica, self.status, source=config.source)
+            control = ControlServer(
+                socket_path,
+                replica,
+                self.status,
+                source=config.source,
+                on_link=self.set_link_state,
+            )
             try:
                 await control.start()
             except ConfigError as exc:
@@ -1727,8 +1733,9 @@ class PeerProcess:
         Down: no session is opened to ``peer`` and none it opens is accepted; a session in
         progress is closed (a scheduled one at once, a live one the next time it goes quiet,
         within one ``sync.tick``). Up: a scheduled link syncs at once, a live one reconnects.
-        Callable before :meth:`start` (the link then starts down). The process offers no
-        outside trigger of its own: the control endpoint calls this.
+        Callable before :meth:`start` (the link then starts down). From outside the process:
+        ``souverix-crdt peer link --config FILE PEER down|up`` (the control socket's ``link``
+        request).
 
         Raises:
             UnknownPlaneError: ``peer`` is not a configured peer.
