@@ -11,19 +11,16 @@ shows on the page moments later without a reload.
 from __future__ import annotations
 
 import sqlite3
-from typing import Final
 
 from souverix_crdt.errors import ConfigError
-from souverix_crdt.replica import IngestOutcome, Replica
+from souverix_crdt.replica import Replica
 from souverix_crdt.store.memory import MemoryStore
 from souverix_crdt.store.sqlite import SqliteStore
 
+from .intake import StoreIntake
 from .peer import PeerConfig, learn_key_directory, load_plane_keys
 
 __all__ = ["StoreFollower"]
-
-# Envelopes read from the store per ingest call.
-_PAGE: Final = 256
 
 
 class StoreFollower:
@@ -58,7 +55,7 @@ class StoreFollower:
         self.store = SqliteStore.open(config.store)
         self._watch = sqlite3.connect(config.store.resolve().as_uri() + "?mode=ro", uri=True)
         self._seen: int | None = None
-        self._authority = (-1, -1)
+        self._intake = StoreIntake()
 
     def changed(self) -> bool:
         """Someone committed to the store since the last look (cheap: one pragma)."""
@@ -70,26 +67,7 @@ class StoreFollower:
 
     def catch_up(self) -> int:
         """Take in what the store holds that the replica does not; return envelopes applied."""
-        store, replica = self.store, self.replica
-        authority = (len(store.delegations()), len(store.revocations()))
-        if authority != self._authority:
-            self._authority = authority
-            replica.add_delegations(item.data for item in store.delegations())
-            replica.add_revocations(item.data for item in store.revocations())
-        applied = 0
-        for (scope, chain), (seq, _) in sorted(store.frontiers().items()):
-            held = replica.chain_seq(scope, chain)
-            while held < seq:
-                rows = store.envelopes_after(scope, chain, held, _PAGE)
-                if not rows:
-                    break
-                results = replica.ingest_many([row.data for row in rows])
-                applied += sum(r.outcome is IngestOutcome.APPLIED for r in results)
-                now_held = replica.chain_seq(scope, chain)
-                if now_held <= held:
-                    break  # refused (revoked, cut): looked at again when the store changes
-                held = now_held
-        return applied
+        return self._intake.take_in(self.replica, self.store)
 
     def close(self) -> None:
         """Close the store connections and the replica."""

@@ -406,6 +406,28 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+def read_fleet_file(fleet: Mapping[str, Any], path: Path) -> tuple[TrustAnchors, list[str]]:
+    """The anchors and plane names of a decoded ``fleet.json``.
+
+    Raises:
+        KeyFileError: another format, or a field that does not parse (``reason="format"``).
+    """
+    if fleet.get("format") != _FORMAT:
+        raise KeyFileError(
+            f"unsupported format {fleet.get('format')!r}", path=str(path), reason="format"
+        )
+    try:
+        anchors = TrustAnchors(
+            str(fleet["fleet_id"]),
+            frozenset(PublicKey(bytes.fromhex(raw)) for raw in fleet["roots"]),
+            int(fleet["quorum"]),
+        )
+        names = [str(name) for name in fleet["planes"]]
+    except (KeyError, TypeError, ValueError, SouverixError) as exc:
+        raise KeyFileError(f"bad fleet file: {exc}", path=str(path), reason="format") from exc
+    return anchors, names
+
+
 def load_keys(directory: str | Path) -> FederationKeys:
     """Load what :func:`save_keys` wrote, checking permissions and every chain.
 
@@ -422,20 +444,7 @@ def load_keys(directory: str | Path) -> FederationKeys:
     if (root / "offline" / "fleet.json").is_file() and (root / "planes").is_dir():
         return _load_ceremony(root)
     fleet_path = root / "fleet.json"
-    fleet = _read_json(fleet_path)
-    if fleet.get("format") != _FORMAT:
-        raise KeyFileError(
-            f"unsupported format {fleet.get('format')!r}", path=str(fleet_path), reason="format"
-        )
-    try:
-        anchors = TrustAnchors(
-            str(fleet["fleet_id"]),
-            frozenset(PublicKey(bytes.fromhex(raw)) for raw in fleet["roots"]),
-            int(fleet["quorum"]),
-        )
-        names = [str(name) for name in fleet["planes"]]
-    except (KeyError, TypeError, ValueError, SouverixError) as exc:
-        raise KeyFileError(f"bad fleet file: {exc}", path=str(fleet_path), reason="format") from exc
+    anchors, names = read_fleet_file(_read_json(fleet_path), fleet_path)
     root_keys = tuple(_read_private(path) for path in sorted((root / "roots").glob("root-*.key")))
     planes: dict[str, PlaneCredentials] = {}
     for name in names:

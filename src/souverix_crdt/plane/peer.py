@@ -139,7 +139,7 @@ from souverix_crdt.errors import (
     _close_matches,
 )
 from souverix_crdt.limits import DEFAULT_LIMITS, Limits
-from souverix_crdt.replica import IngestOutcome, Replica
+from souverix_crdt.replica import Replica
 from souverix_crdt.scope import Scope
 from souverix_crdt.store.base import Batch
 from souverix_crdt.store.sqlite import SqliteStore
@@ -160,6 +160,7 @@ from .backoff import Backoff
 from .chains import ChainLease
 from .control import ControlServer, status_document
 from .coordinator import DEFAULT_OPPORTUNISTIC_FREQUENCY, LinkConfig, SyncCoordinator
+from .intake import StoreIntake
 from .keydir import TOPOLOGY_FILE, load_revocations
 from .keyring import FederationKeys
 from .metrics import LinkTraffic, MetricsServer, PlaneCollector
@@ -217,8 +218,6 @@ _LINK_FIELDS: Final = frozenset({"name", "address"}) | LINK_POLICY_FIELDS
 _TLS_FIELDS: Final = frozenset({"ca", "cert", "key", "mutual"})
 _NATS_FIELDS: Final = frozenset({"url", "user", "password_file"})
 _TRANSPORTS: Final = ("tcp", "nats")
-# Envelopes read from the store per ingest call when taking in writes made by other processes.
-_WATCH_PAGE: Final = 256
 # Descriptors a peer process needs besides its connections: the store, its watcher, the
 # listening socket, the upstream link, NATS, logs.
 _SPARE_FILES: Final = 64
@@ -1090,8 +1089,7 @@ class PeerProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._sessions: set[asyncio.Task[SessionStats]] = set()
         self._nats: Any = None
-        self._tried: dict[tuple[str, str], int] = {}
-        self._authority_seen = (-1, -1)
+        self._intake = StoreIntake()
         self._server_tls: SSLContext | None = None
         self._client_tls: SSLContext | None = None
         # Connections dropped before they authenticated (handshake timeouts, idle or garbage
@@ -1803,37 +1801,10 @@ class PeerProcess:
             watcher.close()
 
     def take_in_outside_writes(self) -> int:
-        """Ingest what other processes committed to the store; return the envelopes applied.
-
-        Chains are compared with the store's frontiers. A chain whose stored envelopes the
-        replica refused (revoked, equivocating) is tried once per new stored sequence number,
-        not on every look.
-        """
+        """Ingest what other processes committed to the store; return the envelopes applied."""
         replica = self.replica
         assert replica is not None
-        store = replica.store
-        authority = (len(store.delegations()), len(store.revocations()))
-        if authority != self._authority_seen:
-            self._authority_seen = authority
-            replica.add_delegations(item.data for item in store.delegations())
-            replica.add_revocations(item.data for item in store.revocations())
-        applied = 0
-        for (scope, chain), (seq, _) in sorted(store.frontiers().items()):
-            held = replica.chain_seq(scope, chain)
-            if seq <= held or self._tried.get((scope, chain), 0) >= seq:
-                continue
-            self._tried[(scope, chain)] = seq
-            while held < seq:
-                rows = store.envelopes_after(scope, chain, held, _WATCH_PAGE)
-                if not rows:
-                    break
-                results = replica.ingest_many([row.data for row in rows])
-                applied += sum(r.outcome is IngestOutcome.APPLIED for r in results)
-                now_held = replica.chain_seq(scope, chain)
-                if now_held <= held:
-                    break
-                held = now_held
-        return applied
+        return self._intake.take_in(replica, replica.store)
 
 
 def describe_peers(config: PeerConfig) -> Mapping[str, str]:

@@ -38,7 +38,6 @@ import attrs
 
 from souverix_crdt.authority import (
     Delegation,
-    PublicKey,
     SigningKey,
     TrustAnchors,
     check_plane_name,
@@ -65,6 +64,7 @@ from .keyring import (
     _read_private,
     _write_private,
     _write_public,
+    read_fleet_file,
 )
 
 __all__ = [
@@ -413,23 +413,6 @@ def plane_directory(directory: str | Path, plane: str) -> Path:
     return root
 
 
-def _anchors(fleet: Mapping[str, Any], path: Path) -> tuple[TrustAnchors, list[str]]:
-    if fleet.get("format") != _FORMAT:
-        raise KeyFileError(
-            f"unsupported format {fleet.get('format')!r}", path=str(path), reason="format"
-        )
-    try:
-        anchors = TrustAnchors(
-            str(fleet["fleet_id"]),
-            frozenset(PublicKey(bytes.fromhex(raw)) for raw in fleet["roots"]),
-            int(fleet["quorum"]),
-        )
-        names = [str(name) for name in fleet["planes"]]
-    except (KeyError, TypeError, ValueError, SouverixError) as exc:
-        raise KeyFileError(f"bad fleet file: {exc}", path=str(path), reason="format") from exc
-    return anchors, names
-
-
 def _read_chains(
     root: Path, anchors: TrustAnchors, names: Iterable[str]
 ) -> dict[str, tuple[Delegation, ...]]:
@@ -467,7 +450,7 @@ def load_plane(directory: str | Path, plane: str | None = None) -> PlaneKeys:
     root = Path(directory)
     fleet_path = root / "fleet.json"
     fleet = _read_json(fleet_path)
-    anchors, names = _anchors(fleet, fleet_path)
+    anchors, names = read_fleet_file(fleet, fleet_path)
     own = fleet.get("plane")
     if not isinstance(own, str):
         raise KeyFileError(
@@ -506,7 +489,7 @@ def load_offline(directory: str | Path) -> OfflineKeys:
         root = root / OFFLINE_DIR
     fleet_path = root / "fleet.json"
     fleet = _read_json(fleet_path)
-    anchors, names = _anchors(fleet, fleet_path)
+    anchors, names = read_fleet_file(fleet, fleet_path)
     if "plane" in fleet:
         raise KeyFileError(
             f"this is {fleet['plane']}'s plane directory, not the offline one",
